@@ -1,0 +1,5 @@
+import sys
+
+from isd.cli import main
+
+sys.exit(main())

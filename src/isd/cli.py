@@ -1,0 +1,41 @@
+"""The `isd` command: builds the parser from each subcommand's module and dispatches; nothing else."""
+
+from __future__ import annotations
+
+import sys
+
+from isd.cli_common import OneLineParser, run_guarded
+
+# each module has register(subparsers) -> sets `handler` on its subparser
+COMMAND_MODULES = ("isd.train.command", "isd.demo", "isd.eval.command")
+
+
+def build_parser() -> OneLineParser:
+    import importlib
+
+    parser = OneLineParser(prog="isd", description="Self-supervised learning by Iterative Similarity Distillation "
+                           "(ISD, ICCV 2021), with ISD+, asymmetric BYOL and MoCo-v2. Train an encoder on unlabeled "
+                           "images, evaluate it (kNN, linear probe) and export the backbone.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue  # a subcommand not built into this version
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    return run_guarded(lambda: args.handler(args) or 0, f"isd {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

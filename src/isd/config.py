@@ -1,0 +1,225 @@
+"""Run configuration: one dataclass, recipes shipped as YAML, `--set key=value` overrides, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from isd.errors import UsageError
+
+METHODS = ("isd", "isd-plus", "byol", "moco")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+AUGMENTATIONS = ("weak", "strong")
+DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class Config:
+    # what to train
+    method: str = "isd"
+    arch: str = "resnet18"
+    stem: str = "auto"  # imagenet (7x7/2 + maxpool) | small (3x3/1, no maxpool) | auto: small below 64 px
+    width: int = 64  # channels of the first residual stage; 64 is torchvision's ResNet
+    # data
+    data: str = ""  # ImageFolder root (with train/) or the folder holding a built-in set's files
+    dataset: str = "folder"
+    subset_file: str | None = None
+    image_size: int | None = None  # None: 224 for folders, native size for 28-32 px sets
+    augmentation: str = "strong/strong"  # KEY(teacher)/QUERY(student)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    num_workers: int = 8
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 256  # global batch, split across processes
+    lr: float = 0.01
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step | cos
+    lr_decay_epochs: tuple[int, ...] = (140, 180)
+    lr_decay_rate: float = 0.2
+    # method
+    ema: float = 0.999  # teacher momentum m
+    queue_size: int = 128000
+    temp: float = 0.02  # student temperature (ISD: the one T; MoCo: the InfoNCE T)
+    temp_t: float | None = None  # teacher temperature; None = same as temp
+    # engine
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    seed: int = 0
+    deterministic: bool = False
+    sync_bn: bool = False
+    # run folder and checkpoints
+    run_dir: str = "runs/isd"
+    save_freq: int = 10
+    print_freq: int = 100
+    resume: str | None = None  # PATH or "auto"
+    eval_every: int = 0  # kNN on the labelled held-out split every N epochs (0 = never)
+    eval_max_images: int = 0  # cap the kNN bank and query set of --eval-every at N images each (0 = all)
+    max_bad_fraction: float = 0.01  # stop when more than this fraction of an epoch's images is unreadable
+    recipe: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @property
+    def key_aug(self) -> str:
+        return self.augmentation.split("/")[0]
+
+    @property
+    def query_aug(self) -> str:
+        return self.augmentation.split("/")[1]
+
+    @property
+    def teacher_temp(self) -> float:
+        return self.temp if self.temp_t is None else self.temp_t
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("isd") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    if name not in recipe_names():
+        raise UsageError(f"unknown recipe '{name}' (--recipe); available: {', '.join(recipe_names())} (see `isd recipes`)")
+    text = (resources.files("isd") / "recipes" / f"{name}.yaml").read_text()
+    values = yaml.safe_load(text) or {}
+    values.pop("description", None)
+    return values
+
+
+def recipe_description(name: str) -> str:
+    text = (resources.files("isd") / "recipes" / f"{name}.yaml").read_text()
+    return str((yaml.safe_load(text) or {}).get("description", "")).strip()
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a YAML/`--set` value into the field's type, or explain which flag is wrong."""
+    default = FIELDS[name].default
+    if raw is None:
+        return None
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, tuple):
+            items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(" ", "").split(",") if s]
+            kind = float if name == "crop_scale" else int
+            return tuple(kind(v) for v in items)
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(raw)
+        if isinstance(default, float) or name == "temp_t":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad value {raw!r} for '{name}': expected {_type_name(default, name)}") from None
+
+
+def _type_name(default: Any, name: str) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, tuple):
+        return "a comma-separated list of numbers"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float) or name == "temp_t":
+        return "a number"
+    return "a string"
+
+
+def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:
+    for name, raw in values.items():
+        name = name.replace("-", "_")
+        if name not in FIELDS:
+            close = [f for f in FIELDS if f.startswith(name[:3])]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"unknown config key '{name}' in {origin}{hint} (keys: `isd train --help`)")
+        setattr(cfg, name, _coerce(name, raw))
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set expects key=value, got '{pair}' (e.g. --set epochs=10)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_config(recipe: str | None = None, values: dict[str, Any] | None = None,
+                 overrides: list[str] | None = None) -> Config:
+    """Defaults <- recipe <- explicit values (flags) <- `--set` overrides, then validated."""
+    cfg = Config()
+    if recipe:
+        apply_values(cfg, load_recipe(recipe), f"recipe '{recipe}'")
+        cfg.recipe = recipe
+    apply_values(cfg, values or {}, "the command line")
+    apply_values(cfg, parse_overrides(overrides or []), "--set")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Every check that needs no data and no model: runs before anything is loaded."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(message)
+
+    need(cfg.method in METHODS, f"unknown method '{cfg.method}' (--method); choose from {', '.join(METHODS)}")
+    need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (--arch); choose from {', '.join(ARCHS)}")
+    need(cfg.stem in ("auto", "imagenet", "small"), f"unknown stem '{cfg.stem}'; choose auto, imagenet or small")
+    need(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (--dataset); choose from {', '.join(DATASETS)}")
+    parts = cfg.augmentation.split("/")
+    need(len(parts) == 2 and all(p in AUGMENTATIONS for p in parts),
+         f"bad --augmentation '{cfg.augmentation}': use KEY/QUERY with weak or strong, e.g. weak/strong")
+    need(cfg.schedule in ("step", "cos"), f"unknown schedule '{cfg.schedule}'; choose step or cos")
+    need(cfg.device in ("auto", "cpu", "cuda"), f"unknown device '{cfg.device}'; choose auto, cpu or cuda")
+    need(cfg.amp in ("auto", "bf16", "off"), f"unknown amp '{cfg.amp}'; choose auto, bf16 or off")
+    need(cfg.channels_last in ("auto", "on", "off"), f"bad channels_last '{cfg.channels_last}'; choose auto, on or off")
+    need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.batch_size >= 2, f"--batch_size must be >= 2 (BatchNorm needs two samples), got {cfg.batch_size}")
+    need(cfg.lr > 0, f"--learning_rate must be > 0, got {cfg.lr}")
+    need(cfg.width >= 8, f"width must be >= 8, got {cfg.width}")
+    need(0.0 <= cfg.ema < 1.0, f"teacher momentum (--momentum / ema) must be in [0, 1), got {cfg.ema}")
+    need(cfg.temp > 0 and cfg.teacher_temp > 0, "temperatures (--temp, --temp_s, --temp_t) must be > 0")
+    need(cfg.save_freq >= 1 and cfg.print_freq >= 1, "--save_freq and --print_freq must be >= 1")
+    need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
+    need(0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1 if len(cfg.crop_scale) == 2 else False,
+         f"crop_scale must be two numbers 0 < lo <= hi <= 1, got {cfg.crop_scale}")
+    need(cfg.image_size is None or cfg.image_size >= 8, f"image_size must be >= 8, got {cfg.image_size}")
+    need(0.0 <= cfg.max_bad_fraction <= 1.0, f"max_bad_fraction must be in [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.method in ("isd", "isd-plus", "moco"):
+        need(cfg.queue_size >= cfg.batch_size and cfg.queue_size % cfg.batch_size == 0,
+             f"--queue_size {cfg.queue_size} must be a multiple of the global --batch_size {cfg.batch_size} "
+             f"(e.g. --queue_size {max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size})")
+    if cfg.dataset in ("folder", "imagenet", "imagenet100"):
+        need(bool(cfg.data), "no data folder given: pass DATA (a folder with train/ inside), or --dataset fashion-mnist")
+    if cfg.subset_file:
+        need(Path(cfg.subset_file).is_file(), f"--subset-file {cfg.subset_file} does not exist")
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    known = {k: v for k, v in values.items() if k in FIELDS}
+    return apply_values(Config(), known, "a checkpoint")

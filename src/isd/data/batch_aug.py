@@ -1,0 +1,287 @@
+"""Vectorised augmentation of whole batches of uint8 images (SPEC "Augmentations").
+
+Every op works on a float batch ``[B, C, H, W]`` in ``[0, 1]`` with per-sample random parameters and no
+Python loop over samples, so small in-memory datasets (Fashion-MNIST, CIFAR) can be augmented on the
+GPU without per-image PIL work. Formulas follow ``torchvision.transforms.v2.functional`` on float images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+RECIPES = ("strong", "weak", "none")
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's ITU-R 601-2 luma weights
+
+
+def _rand(*shape: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.rand(*shape, generator=generator, device=device)
+
+
+def _uniform(low: float, high: float, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return low + (high - low) * _rand(n, generator=generator, device=device)
+
+
+def _per_sample(factor: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar or a [B] tensor of factors, shaped to broadcast against [B, C, H, W]."""
+    return torch.as_tensor(factor, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------- RandomResizedCrop + flip
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    tries: int = 10,
+) -> Tensor:
+    """Boxes ``[n, 4]`` = (top, left, h, w) in integer pixels, sampled like torchvision's RandomResizedCrop.
+
+    All ``tries`` candidates are drawn at once; each sample keeps its first candidate that fits and falls
+    back to torchvision's central crop when none does.
+    """
+    device = torch.device(device)
+    area = height * width
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * _rand(n, tries, generator=generator, device=device))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(n, tries, generator=generator, device=device))
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+
+    fallback_h, fallback_w = _central_crop_size(height, width, ratio)
+    found = fits.any(dim=1)
+    h = torch.where(found, h, float(fallback_h))
+    w = torch.where(found, w, float(fallback_w))
+    top = torch.floor(_rand(n, generator=generator, device=device) * (height - h + 1))
+    left = torch.floor(_rand(n, generator=generator, device=device) * (width - w + 1))
+    top = torch.where(found, top, float((height - fallback_h) // 2))
+    left = torch.where(found, left, float((width - fallback_w) // 2))
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop each sample to its box (top, left, h, w), resize to ``size`` x ``size`` (bilinear) and
+    mirror the samples where ``flip`` is True, all in one ``affine_grid`` + ``grid_sample``.
+
+    Equals torchvision's ``resized_crop(..., antialias=False)``; when upsampling (always the case for
+    28/32 px inputs) that is the same as antialias=True.
+    """
+    b, c, height, width = x.shape
+    top, left, h, w = boxes.to(x.dtype).unbind(dim=1)
+    scale_x, scale_y = w / width, h / height
+    if flip is not None:
+        scale_x = torch.where(flip, -scale_x, scale_x)
+    shift_x, shift_y = (2 * left + w) / width - 1, (2 * top + h) / height - 1
+    zero = torch.zeros_like(scale_x)
+    theta = torch.stack([scale_x, zero, shift_x, zero, scale_y, shift_y], dim=1).view(b, 2, 3)
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    # Clamp to the centres of the crop's edge pixels, as F.interpolate does on the cropped image when
+    # upsampling; otherwise the edge rows would blend in pixels from outside the crop.
+    low = torch.stack([(2 * left + 1) / width, (2 * top + 1) / height], dim=1) - 1
+    high = torch.stack([(2 * (left + w) - 1) / width, (2 * (top + h) - 1) / height], dim=1) - 1
+    grid = torch.maximum(torch.minimum(grid, high.view(b, 1, 1, 2)), low.view(b, 1, 1, 2))
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ---------------------------------------------------------------- colour
+
+
+def rgb_to_grayscale(x: Tensor) -> Tensor:
+    """``[B, 3, H, W] -> [B, 1, H, W]``; a 1-channel batch is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(dim=1)
+    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor | float) -> Tensor:
+    f = _per_sample(factor, x)
+    return (f * x + (1 - f) * other).clamp(0, 1)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
+    return (x * _per_sample(factor, x)).clamp(0, 1)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
+    return _blend(x, rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
+    return _blend(x, rgb_to_grayscale(x), factor)
+
+
+def _rgb_to_hsv(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    delta = maxc - minc
+    s = delta / torch.where(maxc > 0, maxc, 1.0)
+    d = torch.where(delta > 0, delta, 1.0)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    return torch.stack([torch.remainder(h / 6, 1.0), s, maxc], dim=1)
+
+
+def _hsv_to_rgb(hsv: Tensor) -> Tensor:
+    h, s, v = hsv.unsqueeze(2).unbind(dim=1)  # each [B, 1, H, W]
+    # Closed form of the six-sector formula: channel n in (R, G, B) uses k = (n + 6h) mod 6, n = 5, 3, 1.
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=hsv.device).view(1, 3, 1, 1) + 6 * h, 6)
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def adjust_hue(x: Tensor, factor: Tensor | float) -> Tensor:
+    """Rotate the hue by ``factor`` (in turns, [-0.5, 0.5]); 1-channel images are returned as is."""
+    if x.shape[1] == 1:
+        return x
+    h, s, v = _rgb_to_hsv(x).unbind(dim=1)
+    h = torch.remainder(h + _per_sample(factor, x).squeeze(1), 1.0)
+    return _hsv_to_rgb(torch.stack([h, s, v], dim=1))
+
+
+COLOR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def color_jitter(
+    x: Tensor,
+    p: float = 0.8,
+    strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """RandomApply(ColorJitter(*strength), p): each chosen sample gets its own factors and op order."""
+    b, c, dev = x.shape[0], x.shape[1], x.device
+    applied = _rand(b, generator=generator, device=dev) < p
+    bri, con, sat, hue = strength
+    factors = [
+        _uniform(max(0.0, 1 - bri), 1 + bri, b, generator, dev),
+        _uniform(max(0.0, 1 - con), 1 + con, b, generator, dev),
+        _uniform(max(0.0, 1 - sat), 1 + sat, b, generator, dev),
+        _uniform(-hue, hue, b, generator, dev),
+    ]
+    order = _rand(b, 4, generator=generator, device=dev).argsort(dim=1)  # order[:, slot] = op index
+    # Saturation and hue are identities on 1-channel images (as in torchvision/PIL): skip them.
+    n_ops = 4 if c == 3 else 2
+    for slot in range(4):
+        for op_index in range(n_ops):
+            chosen = (applied & (order[:, slot] == op_index)).view(b, 1, 1, 1)
+            x = torch.where(chosen, COLOR_OPS[op_index](x, factors[op_index]), x)
+    return x
+
+
+def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    chosen = (_rand(x.shape[0], generator=generator, device=x.device) < p).view(-1, 1, 1, 1)
+    return torch.where(chosen, rgb_to_grayscale(x).expand_as(x), x)
+
+
+# ---------------------------------------------------------------- blur
+
+
+def gaussian_kernels(sigma: Tensor, radius: int) -> Tensor:
+    """Normalised 1-D Gaussian kernels ``[B, 2 * radius + 1]``, one per sigma (torchvision's formula)."""
+    offsets = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    kernels = torch.exp(-(offsets**2) / (2 * sigma.view(-1, 1) ** 2))
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, radius: int) -> Tensor:
+    """Blur sample i with ``sigma[i]``: separable grouped convolution, reflect padding."""
+    b, c, h, w = x.shape
+    kernels = gaussian_kernels(sigma.to(x.dtype), radius).repeat_interleave(c, dim=0)  # [B * C, K]
+    size = kernels.shape[1]
+    y = F.pad(x.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, kernels.view(b * c, 1, 1, size), groups=b * c)
+    y = F.conv2d(y, kernels.view(b * c, 1, size, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def random_gaussian_blur(
+    x: Tensor,
+    p: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    b, dev = x.shape[0], x.device
+    chosen = (_rand(b, generator=generator, device=dev) < p).view(b, 1, 1, 1)
+    sigmas = _uniform(sigma[0], sigma[1], b, generator, dev)
+    radius = min(math.ceil(3 * sigma[1]), min(x.shape[-2:]) - 1)  # reflect padding must be < image size
+    return torch.where(chosen, gaussian_blur(x, sigmas, radius), x)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+class BatchAugment(torch.nn.Module):
+    """A SPEC augmentation recipe applied to a whole uint8 batch at once.
+
+    ``strong``: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale p=0.2,
+    Gaussian blur sigma ~ U[0.1, 2] p=0.5, horizontal flip p=0.5, Normalize. ``weak``: RandomResizedCrop,
+    flip, Normalize. ``none``: bilinear resize to ``size`` (only if needed), Normalize.
+    The flip is folded into the crop; it commutes with the pixel-wise colour ops and the symmetric blur.
+    """
+
+    def __init__(
+        self,
+        recipe: str,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        super().__init__()
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {RECIPES}")
+        self.recipe, self.size, self.scale, self.ratio = recipe, size, tuple(scale), tuple(ratio)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"recipe={self.recipe!r}, size={self.size}, scale={self.scale}, ratio={self.ratio}"
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 ``[B, C, H, W]`` (C = 1 or 3) -> normalised float32 ``[B, C, size, size]``."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        b, _, h, w = x.shape
+        if self.recipe == "none":
+            if (h, w) != (self.size, self.size):
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        else:
+            boxes = sample_crop_boxes(b, h, w, self.scale, self.ratio, generator, x.device)
+            flip = _rand(b, generator=generator, device=x.device) < 0.5
+            x = resized_crop(x, boxes, self.size, flip)
+            if self.recipe == "strong":
+                x = color_jitter(x, generator=generator)
+                x = random_grayscale(x, generator=generator)
+                x = random_gaussian_blur(x, generator=generator)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def two_views(
+    images: Tensor,
+    key_aug: BatchAugment,
+    query_aug: BatchAugment,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(key_view, query_view): two independent augmentations of the same batch."""
+    return key_aug(images, generator), query_aug(images, generator)

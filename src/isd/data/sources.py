@@ -1,0 +1,167 @@
+"""Where images come from: ImageFolder trees (ImageNet, imagenet100, subset lists) and in-memory sets.
+
+A source is either a list of files (decoded per image in DataLoader workers) or a uint8 tensor
+held in memory (28-32 px sets, augmented a whole batch at a time).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from isd.errors import UsageError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+SMALL_SETS = {  # name: (mean, std)
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class Source:
+    name: str
+    classes: list[str]
+    targets: torch.Tensor  # long [N]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_size: int | None  # None: variable-size files
+    files: list[str] = field(default_factory=list)  # file sources
+    images: torch.Tensor | None = None  # uint8 [N, C, H, W] for in-memory sources
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1] if self.images is not None else 3
+
+
+def load_source(dataset: str, data: str, split: str = "train", subset_file: str | None = None) -> Source:
+    """`split` is train or val (val = a built-in set's test split)."""
+    if dataset == "fashion-mnist":
+        return fashion_mnist(data, split)
+    if dataset in ("cifar10", "cifar100"):
+        return cifar(dataset, data, split)
+    return image_folder(Path(data) / split, imagenet100=dataset == "imagenet100", subset_file=subset_file)
+
+
+def image_folder(root: Path, imagenet100: bool = False, subset_file: str | None = None) -> Source:
+    if not root.is_dir():
+        hint = " (the original layout: DATA/train/<class>/<image>)" if root.name in ("train", "val") else ""
+        raise UsageError(f"data folder {root} does not exist{hint}")
+    try:
+        classes, _ = find_classes(str(root))
+    except FileNotFoundError:
+        raise UsageError(f"data folder {root} has no class folders: put images in {root}/<class>/") from None
+    if imagenet100:
+        if len(classes) < 100:
+            raise UsageError(f"--dataset imagenet100 needs >= 100 class folders in {root}, found {len(classes)}")
+        keep = np.random.RandomState(1234).permutation(len(classes))[:100]
+        classes = sorted(classes[i] for i in keep)
+    allowed = None
+    if subset_file:
+        classes, allowed = _read_subset(Path(subset_file), classes)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    try:
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=False)
+    except FileNotFoundError as err:
+        raise UsageError(f"{root}: {err}; remove the empty class folder or add images to it") from None
+    if allowed is not None:
+        samples = [(p, t) for p, t in samples if os.path.relpath(p, root) in allowed]
+        if not samples:
+            raise UsageError(f"--subset-file {subset_file}: none of its image paths exist under {root}")
+    return Source(name=str(root), classes=classes, targets=torch.tensor([t for _, t in samples]),
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD, native_size=None, files=[p for p, _ in samples])
+
+
+def _read_subset(path: Path, classes: list[str]) -> tuple[list[str], set[str] | None]:
+    """Lines are class names or relative image paths (`class/file.JPEG`); returns kept classes and paths."""
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not lines:
+        raise UsageError(f"--subset-file {path} is empty: list one class name or class/image path per line")
+    known = set(classes)
+    if all("/" not in ln for ln in lines):
+        missing = sorted(set(lines) - known)
+        if missing:
+            raise UsageError(f"--subset-file {path}: unknown classes {missing[:5]}; class names are folder names")
+        return sorted(set(lines)), None
+    paths = {os.path.normpath(ln) for ln in lines}
+    kept = sorted({p.split(os.sep)[0] for p in paths} & known)
+    if not kept:
+        raise UsageError(f"--subset-file {path}: no line starts with a class folder of the data")
+    return kept, paths
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def find_fashion_mnist(data: str) -> Path | None:
+    names = FASHION_MNIST_FILES["train"]
+    for folder in ([Path(data), Path(data) / "raw", Path(data) / "FashionMNIST" / "raw"] if data else []) + \
+            [Path(d) for d in FASHION_MNIST_DIRS]:
+        if all((folder / n).is_file() for n in names):
+            return folder
+    return None
+
+
+def fashion_mnist(data: str, split: str) -> Source:
+    folder = find_fashion_mnist(data)
+    if folder is None:
+        folder = _download_fashion_mnist(data)
+    images_name, labels_name = FASHION_MNIST_FILES["train" if split == "train" else "test"]
+    images = torch.from_numpy(_read_idx(folder / images_name).copy()).unsqueeze(1)
+    targets = torch.from_numpy(_read_idx(folder / labels_name).astype(np.int64))
+    mean, std = SMALL_SETS["fashion-mnist"]
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+    return Source("fashion-mnist", classes, targets, mean, std, native_size=28, images=images)
+
+
+def _download_fashion_mnist(data: str) -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(data or Path.home() / ".cache" / "isd")
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception as err:  # no network, proxy, disk...
+        raise UsageError(
+            f"Fashion-MNIST not found in {data or '/usr/share/datasets/fashion-mnist'} and the download failed "
+            f"({type(err).__name__}); as root run `apt-get install dataset-fashion-mnist`, or put the four "
+            f"idx .gz files in a folder and pass it as DATA") from None
+    return root / "FashionMNIST" / "raw"
+
+
+def cifar(name: str, data: str, split: str) -> Source:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    root = data or str(Path.home() / ".cache" / "isd")
+    try:
+        ds = cls(root, train=split == "train", download=False)
+    except RuntimeError:
+        raise UsageError(f"{name} not found under {root}: it needs torchvision's layout "
+                         f"(e.g. {root}/cifar-10-batches-py); download it with torchvision first") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    mean, std = SMALL_SETS[name]
+    return Source(name, list(ds.classes), torch.tensor(ds.targets), mean, std, native_size=32, images=images)

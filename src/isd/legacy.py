@@ -1,0 +1,84 @@
+"""The original scripts' flags (train_isd.py, train_isd_plus.py, train_byol.py) mapped onto the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from isd.cli_common import OneLineParser, run_guarded
+from isd.config import build_config
+
+# script -> (recipe, description)
+SCRIPTS = {
+    "train_isd.py": ("isd-r18-imagenet", "ISD (ResNet-18 recipe of the paper)"),
+    "train_isd_plus.py": ("isd-plus-r50-imagenet", "ISD+ (ResNet-50 recipe of the paper)"),
+    "train_byol.py": ("byol-r18-imagenet", "asymmetric BYOL (SGD, batch 256)"),
+}
+
+
+def legacy_parser(script: str) -> argparse.ArgumentParser:
+    recipe, what = SCRIPTS[script]
+    p = OneLineParser(prog=script, description=f"Train {what} with the original script's flags; runs the same "
+                      f"engine as `isd train --recipe {recipe}`. Unset flags keep that recipe's values.")
+    p.add_argument("data", help="dataset root holding train/<class>/<image> (ImageNet layout)")
+    p.add_argument("--dataset", choices=["imagenet", "imagenet100"], help="full ImageNet or the 100-class subset")
+    p.add_argument("--print_freq", type=int, help="log every N steps")
+    p.add_argument("--save_freq", type=int, help="write ckpt_epoch_N.pth every N epochs")
+    p.add_argument("--batch_size", type=int, help="global batch size (default 256)")
+    p.add_argument("--num_workers", type=int, help="data loading workers")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--learning_rate", type=float, help="base learning rate")
+    p.add_argument("--lr_decay_epochs", type=str, help="step schedule: epochs where lr *= lr_decay_rate, e.g. '140,180'")
+    p.add_argument("--lr_decay_rate", type=float, help="step decay factor (0.2)")
+    p.add_argument("--cos", action="store_true", default=None, help="cosine learning-rate schedule")
+    p.add_argument("--weight_decay", type=float, help="SGD weight decay (1e-4)")
+    p.add_argument("--sgd_momentum", type=float, help="SGD momentum (0.9)")
+    p.add_argument("--arch", type=str, help="resnet18, resnet34 or resnet50")
+    p.add_argument("--queue_size", type=int, help="memory bank size K (a multiple of the batch)")
+    p.add_argument("--temp", type=float, help="ISD temperature (teacher and student)")
+    p.add_argument("--temp_t", type=float, help="teacher temperature (ISD+)")
+    p.add_argument("--temp_s", type=float, help="student temperature (ISD+)")
+    p.add_argument("--momentum", type=float, help="teacher EMA momentum m")
+    p.add_argument("--augmentation", type=str, help="KEY/QUERY augmentation: weak/strong, weak/weak, strong/weak, "
+                   "strong/strong")
+    p.add_argument("--weak_strong", action="store_true", default=None, help="same as --augmentation weak/strong")
+    p.add_argument("--checkpoint_path", type=str, help="run folder: checkpoints, logs, config")
+    p.add_argument("--resume", type=str, help="checkpoint to continue from, or 'auto'")
+    p.add_argument("--gpu", type=int, help="accepted for compatibility; use CUDA_VISIBLE_DEVICES instead")
+    p.add_argument("--debug", action="store_true", help="accepted for compatibility (no effect)")
+    p.add_argument("--subset-file", dest="subset_file", help="train on the images/classes listed in FILE")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: GPU if visible)")
+    p.add_argument("--seed", type=int, help="run seed (data order, augmentation, init)")
+    return p
+
+
+def legacy_values(args: argparse.Namespace) -> dict:
+    rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
+    skip = {"gpu", "debug", "cos", "weak_strong", "temp"}
+    values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
+    if args.temp is not None:
+        values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
+    if args.cos:
+        values["schedule"] = "cos"
+    if args.weak_strong:
+        values["augmentation"] = "weak/strong"
+    if values.get("resume") == "":
+        values.pop("resume")
+    return values
+
+
+def main(script: str, argv: list[str] | None = None) -> int:
+    parser = legacy_parser(script)
+
+    def run() -> int:
+        from isd.train.loop import train
+        args = parser.parse_args(argv)
+        cfg = build_config(SCRIPTS[script][0], legacy_values(args))
+        train(cfg)
+        return 0
+
+    return run_guarded(run, script)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

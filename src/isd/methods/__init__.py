@@ -1,0 +1,19 @@
+"""One small module per method; the momentum teacher and queue live in `momentum.py`."""
+
+from __future__ import annotations
+
+from isd.methods.byol import BYOL
+from isd.methods.isd import ISD, ISDPlus
+from isd.methods.moco import MoCo
+from isd.methods.momentum import MomentumMethod
+from isd.nets import build_backbone, feature_dim
+
+METHOD_CLASSES = {"isd": ISD, "isd-plus": ISDPlus, "byol": BYOL, "moco": MoCo}
+
+
+def build_method(cfg, in_channels: int = 3, stem: str = "imagenet") -> MomentumMethod:
+    backbone = build_backbone(cfg.arch, stem=stem, width=cfg.width, in_channels=in_channels)
+    return METHOD_CLASSES[cfg.method](backbone, feature_dim(cfg.arch, cfg.width), cfg)
+
+
+__all__ = ["build_method", "METHOD_CLASSES", "MomentumMethod", "ISD", "ISDPlus", "BYOL", "MoCo"]

@@ -1,0 +1,52 @@
+"""ISD and ISD+: distil the teacher's similarities to a memory queue into the student (SPEC)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from isd.methods.momentum import MemoryQueue, MomentumMethod, purity
+from isd.nets.heads import isd_predictor, mlp
+
+
+def isd_loss(q: Tensor, k: Tensor, queue: Tensor, temp_s: float, temp_t: float) -> Tensor:
+    """KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)), averaged over the batch. Call in fp32."""
+    s_q = q @ queue.T / temp_s
+    s_k = k @ queue.T / temp_t
+    return F.kl_div(F.log_softmax(s_q, dim=1), F.softmax(s_k, dim=1), reduction="batchmean")
+
+
+class ISD(MomentumMethod):
+    """ResNet-18 recipe: no projection, predictor d -> d -> d, one temperature."""
+
+    uses_queue = True
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
+        super().__init__(backbone, feat_dim, cfg)
+        self.temp_s, self.temp_t = cfg.temp, cfg.teacher_temp
+        self.queue = MemoryQueue(cfg.queue_size, self.embed_dim(feat_dim), init_dim=0)
+
+    def embed_dim(self, feat_dim: int) -> int:
+        return feat_dim
+
+    def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
+        return isd_predictor(feat_dim)
+
+    def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        # the queue as it was before this step's keys: the base class enqueues after loss()
+        loss = isd_loss(q, k, self.queue.snapshot(), self.temp_s, self.temp_t)
+        stats = {} if labels is None else {"purity": purity(k, self.queue, labels)}
+        return loss, stats
+
+
+class ISDPlus(ISD):
+    """ResNet-50 recipe: MLP projection on student and teacher, MLP predictor, two temperatures."""
+
+    def embed_dim(self, feat_dim: int) -> int:
+        return feat_dim // 4
+
+    def build_projection(self, feat_dim: int, cfg) -> nn.Module:
+        return mlp(feat_dim, 2 * feat_dim, feat_dim // 4)
+
+    def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
+        return mlp(feat_dim // 4, 2 * feat_dim, feat_dim // 4)

@@ -1,0 +1,140 @@
+"""The shared core: a student, its momentum (EMA) teacher, shuffle-BN and the memory queue.
+
+Attribute names follow the original code so checkpoints keep its keys: `encoder_q` (student
+backbone with its projection as `fc`), `encoder_k` (teacher), `predict_q` (student predictor),
+`queue`. A method subclass builds the heads and writes `loss()`; nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def all_gather_cat(x: Tensor) -> Tensor:
+    """Concatenate a tensor from every rank (rank order); identity in one process."""
+    rank, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class MemoryQueue(nn.Module):
+    """Ring buffer of K teacher embeddings (+ their labels, for the purity diagnostic only)."""
+
+    def __init__(self, size: int, dim: int, init_dim: int = 1) -> None:
+        super().__init__()
+        # `init_dim` = 0 reproduces ISD's normalisation of the random init along the wrong axis (SPEC quirk).
+        self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=init_dim))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self._cursor: int | None = None  # host copy of ptr: reading the buffer each step would sync the GPU
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cursor = None
+
+    def snapshot(self) -> Tensor:
+        """The queue as it is now, safe to use in autograd after the in-place enqueue that follows."""
+        return self.queue.detach().clone().float()
+
+    @torch.no_grad()
+    def push(self, keys: Tensor, labels: Tensor | None = None) -> None:
+        """Enqueue the (already all-gathered) keys; size % len(keys) == 0 keeps the slice contiguous."""
+        if self._cursor is None:
+            self._cursor = int(self.ptr)
+        start, n = self._cursor, keys.shape[0]
+        self.queue[start:start + n] = keys.to(self.queue.dtype)
+        if labels is not None:
+            self.labels[start:start + n] = labels
+        self._cursor = (start + n) % self.queue.shape[0]
+        self.ptr.fill_(self._cursor)
+
+
+class MomentumMethod(nn.Module):
+    uses_queue = False
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
+        super().__init__()
+        self.ema = cfg.ema
+        self.encoder_q = backbone
+        self.encoder_q.fc = self.build_projection(feat_dim, cfg)
+        self.predict_q = self.build_predictor(feat_dim, cfg)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self._pairs: tuple[list[Tensor], list[Tensor]] | None = None
+
+    # --- what a method may override -------------------------------------------------------------
+    def build_projection(self, feat_dim: int, cfg) -> nn.Module:
+        return nn.Identity()
+
+    def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
+        return nn.Identity()
+
+    def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    # --- shared machinery -----------------------------------------------------------------------
+    def _param_lists(self) -> tuple[list[Tensor], list[Tensor]]:
+        if self._pairs is None:
+            self._pairs = ([p for p in self.encoder_k.parameters()], [p for p in self.encoder_q.parameters()])
+        return self._pairs
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """θ_t ← m·θ_t + (1−m)·θ_s over parameters only, as one fused multi-tensor op."""
+        teacher, student = self._param_lists()
+        torch._foreach_mul_(teacher, self.ema)
+        torch._foreach_add_(teacher, student, alpha=1.0 - self.ema)
+
+    @torch.no_grad()
+    def teacher_embed(self, x: Tensor) -> Tensor:
+        """Teacher forward with shuffle-BN across ranks; a plain forward in one process (BN is order-free)."""
+        rank, size = world()
+        if size == 1:
+            return F.normalize(self.encoder_k(x).float(), dim=1)
+        local = x.shape[0]
+        gathered = all_gather_cat(x)
+        perm = torch.randperm(gathered.shape[0], device=x.device)
+        dist.broadcast(perm, src=0)
+        mine = perm.view(size, -1)[rank]
+        k = F.normalize(self.encoder_k(gathered[mine]).float(), dim=1)
+        # un-shuffle: gather every rank's keys, put them back in sample order, keep this rank's slice
+        all_k = all_gather_cat(k)
+        restored = torch.empty_like(all_k)
+        restored[perm] = all_k
+        return restored[rank * local:(rank + 1) * local]
+
+    def student_embed(self, x: Tensor) -> Tensor:
+        return F.normalize(self.predict_q(self.encoder_q(x)).float(), dim=1)
+
+    def forward(self, key_view: Tensor, query_view: Tensor,
+                labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        q = self.student_embed(query_view)
+        self.update_teacher()
+        k = self.teacher_embed(key_view)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            loss, stats = self.loss(q, k, labels)
+        if self.uses_queue:
+            self.queue.push(all_gather_cat(k), None if labels is None else all_gather_cat(labels))
+        return loss, stats
+
+
+def purity(k: Tensor, queue: MemoryQueue, labels: Tensor, top: int = 5) -> Tensor:
+    """Fraction of each key's `top` most similar queue entries that share its label (diagnostic only)."""
+    nearest = (k @ queue.queue.T).topk(top, dim=1).indices
+    return (queue.labels[nearest] == labels[:, None]).float().mean()

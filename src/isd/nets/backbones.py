@@ -1,0 +1,51 @@
+"""torchvision ResNets, optionally with a small-image stem and a narrower width.
+
+The module keeps torchvision's layout (conv1, bn1, layer1..4, avgpool, fc), so a default-width
+backbone's state_dict loads into `torchvision.models.resnetXX()` unchanged.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision import models
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+_CONSTRUCTORS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
+
+
+def feature_dim(arch: str, width: int = 64) -> int:
+    expansion = 4 if arch == "resnet50" else 1
+    return 8 * width * expansion
+
+
+def build_backbone(arch: str, stem: str = "imagenet", width: int = 64, in_channels: int = 3) -> ResNet:
+    """A ResNet whose `fc` is Identity, so forward() returns the pooled feature vector."""
+    net = _CONSTRUCTORS[arch]()
+    block = Bottleneck if arch == "resnet50" else BasicBlock
+    if width != 64:
+        _rebuild_stages(net, block, width)
+    if stem == "small":
+        # 28-32 px images: a 7x7/2 conv plus max-pool would leave 7x7 maps before layer1.
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3 or width != 64:
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.fc = nn.Identity()
+    return net
+
+
+def _rebuild_stages(net: ResNet, block: type, width: int) -> None:
+    """Same depth, `width`-wide stages, built with torchvision's own _make_layer."""
+    depths = [len(getattr(net, f"layer{i}")) for i in range(1, 5)]
+    net.inplanes = width
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, depth in enumerate(depths):
+        stage = net._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2)
+        setattr(net, f"layer{i + 1}", stage)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,78 @@
+"""`isd train` and `isd recipes`."""
+
+from __future__ import annotations
+
+import argparse
+
+from isd.config import METHODS, ARCHS, DATASETS, build_config, recipe_description, recipe_names
+
+FLAG_TO_FIELD = {"batch_size": "batch_size", "lr": "lr", "run_dir": "run_dir", "queue_size": "queue_size",
+                 "num_workers": "num_workers", "subset_file": "subset_file"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an encoder (ISD, ISD+, BYOL-asym, MoCo-v2)",
+                       description="Train a self-supervised encoder. Values come from the defaults, then --recipe, "
+                       "then the flags below, then --set key=value (any config key; see `isd recipes`).",
+                       epilog="examples:\n  isd train --recipe isd-r18-imagenet /datasets/imagenet --run-dir runs/isd\n"
+                       "  isd train --recipe isd-fmnist-demo --set epochs=5\n"
+                       "  torchrun --nproc_per_node 8 -m isd train --recipe isd-plus-r50-imagenet /datasets/imagenet",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet layout), or "
+                   "the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
+    p.add_argument("--recipe", help=f"named recipe: {', '.join(recipe_names())}")
+    p.add_argument("--method", choices=METHODS, help="training method")
+    p.add_argument("--arch", choices=ARCHS, help="backbone")
+    p.add_argument("--dataset", choices=DATASETS, help="data source (default: folder)")
+    p.add_argument("--subset-file", help="train only on the classes or class/image paths listed in FILE")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--queue-size", type=int, help="memory queue size K (multiple of the batch)")
+    p.add_argument("--augmentation", help="KEY/QUERY recipes, e.g. weak/strong")
+    p.add_argument("--run-dir", help="run folder for checkpoints, logs and config (default runs/isd)")
+    p.add_argument("--resume", help="checkpoint path, or 'auto' for the newest one in the run folder")
+    p.add_argument("--num-workers", type=int, help="data loading workers (image folders)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default: GPU if visible)")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--eval-every", type=int, help="kNN of student and teacher on the labelled val split every N "
+                   "epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key "
+                   "(repeatable), e.g. --set ema=0.99 --set schedule=cos")
+    p.set_defaults(handler=run_train)
+
+    r = sub.add_parser("recipes", help="list the named recipes", description="List the recipes shipped with isd.")
+    r.add_argument("name", nargs="?", help="show one recipe's values")
+    r.set_defaults(handler=run_recipes)
+
+
+def config_from_args(args: argparse.Namespace):
+    names = ("method", "arch", "dataset", "subset_file", "epochs", "batch_size", "lr", "queue_size", "augmentation",
+             "run_dir", "resume", "num_workers", "device", "seed", "eval_every", "data")
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return build_config(args.recipe, values, args.set)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from isd.train.loop import train
+
+    cfg = config_from_args(args)
+    hooks = None
+    if cfg.eval_every:
+        from isd.eval.monitor import knn_monitor
+        hooks = knn_monitor(cfg)
+    train(cfg, on_epoch_end=hooks)
+    return 0
+
+
+def run_recipes(args: argparse.Namespace) -> int:
+    from isd.config import load_recipe
+
+    if args.name:
+        import yaml
+        print(f"# {recipe_description(args.name)}")
+        print(yaml.safe_dump(load_recipe(args.name), sort_keys=False).strip())
+        return 0
+    for name in recipe_names():
+        print(f"{name:28s} {recipe_description(name)}")
+    return 0

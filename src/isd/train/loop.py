@@ -1,0 +1,237 @@
+"""The training loop. It knows nothing of the method it runs, nor of where the images come from."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from isd.config import Config, save_yaml
+from isd.data.loaders import build_loader
+from isd.data.sources import Source, load_source
+from isd.errors import UsageError
+from isd.methods import build_method
+from isd.train import checkpoint as ck
+from isd.train.runlog import RunLog
+from isd.train.schedule import learning_rate
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built and checked before the first step."""
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    run_dir: Path
+    source: Source
+    size: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    start_epoch: int = 1
+    start_step: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu (or auto)")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Joins the process group when started by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def prepare_run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"run folder {run_dir} is not writable ({err.strerror}); pass a writable "
+                         f"--checkpoint_path / --run-dir") from None
+    return run_dir
+
+
+def image_size_and_stem(cfg: Config, source: Source) -> tuple[int, str]:
+    size = cfg.image_size or source.native_size or 224
+    stem = cfg.stem if cfg.stem != "auto" else ("small" if size < 64 else "imagenet")
+    return size, stem
+
+
+def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
+    device = resolve_device(cfg)
+    rank, world = init_distributed(device)
+    if cfg.batch_size % world:
+        raise UsageError(f"--batch_size {cfg.batch_size} (global) must be divisible by the {world} processes")
+    run_dir = prepare_run_dir(cfg.run_dir)
+    source = load_source(cfg.dataset, cfg.data, "train", cfg.subset_file)
+    if len(source) < cfg.batch_size:
+        raise UsageError(f"--batch_size {cfg.batch_size} is larger than the dataset ({len(source)} images in "
+                         f"{source.name}); use --batch_size {max(2, len(source) // 2)} or more data")
+    size, stem = image_size_and_stem(cfg, source)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    model = build_method(cfg, in_channels=source.channels, stem=stem)
+    if cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if use_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
+    resume(setup, log)
+    return setup
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def resume(setup: Setup, log: Callable[[str], None]) -> None:
+    cfg = setup.cfg
+    if not cfg.resume:
+        return
+    if cfg.resume == "auto":
+        found = ck.load_latest(setup.run_dir, warn=log)
+        if found is None:
+            log(f"--resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
+            return
+        path, state = found
+    else:
+        path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume)
+    ck.check_compatible(state, cfg, path)
+    try:
+        setup.model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UsageError(f"checkpoint {path} does not fit this model ({first}); check --arch, --queue_size "
+                         f"and the method's heads") from None
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:
+        ck.restore_rng(state["rng"])
+    steps_done = int(state.get("step_in_epoch", 0))
+    setup.start_epoch = int(state["epoch"]) + (0 if steps_done else 1)
+    setup.start_step = steps_done
+    log(f"resumed from {path}: epoch {state['epoch']}" + (f", step {steps_done}" if steps_done else ""))
+
+
+def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None) -> Setup:
+    setup = build(cfg, log)
+    cfg, model, optimizer = setup.cfg, setup.model, setup.optimizer
+    main_process = setup.rank == 0
+    if main_process:
+        save_yaml(cfg, setup.run_dir / "config.yaml")
+    runlog = RunLog(setup.run_dir, enabled=main_process, console=log)
+    loader = build_loader(setup.source, cfg, setup.size, setup.device, setup.rank, setup.world)
+    net = model
+    if setup.world > 1:
+        # queue and teacher are kept identical by all-gathers; broadcasting buffers would copy the queue each step
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[setup.device.index] if setup.device.type == "cuda" else None,
+            broadcast_buffers=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
+                else contextlib.nullcontext())
+    memory_format = torch.channels_last if use_channels_last(cfg, setup.device) else torch.contiguous_format
+    steps = loader.steps_per_epoch()
+    if main_process:
+        log(f"training {cfg.method} ({cfg.arch}, {setup.size}px) on {len(setup.source)} images of "
+            f"{setup.source.name}: {steps} steps/epoch, epochs {setup.start_epoch}..{cfg.epochs}, "
+            f"device {setup.device}, {setup.world} process(es), run folder {setup.run_dir}")
+    for epoch in range(setup.start_epoch, cfg.epochs + 1):
+        lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start_step = setup.start_step if epoch == setup.start_epoch else 0
+        bad = run_epoch(setup, net, loader, epoch, start_step, steps, lr, autocast, memory_format, runlog)
+        report_bad_files(setup, epoch, bad, steps, runlog)
+        if on_epoch_end is not None:
+            on_epoch_end(setup, epoch, runlog)
+        if main_process:
+            save_epoch(setup, epoch)
+    runlog.close()
+    return setup
+
+
+def run_epoch(setup: Setup, net, loader, epoch: int, start_step: int, steps: int, lr: float, autocast,
+              memory_format, runlog: RunLog) -> list[str]:
+    cfg, optimizer = setup.cfg, setup.optimizer
+    net.train()
+    bad: list[str] = []
+    totals: dict[str, torch.Tensor] = {}
+    window, wait, tick = 0, 0.0, time.perf_counter()
+    bar = runlog.progress(steps, f"epoch {epoch}/{cfg.epochs}", initial=start_step)
+    batches = loader.epoch(epoch, start_step)
+    for step in range(start_step, steps):
+        before = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - before
+        bad.extend(batch.bad)
+        key = batch.key.contiguous(memory_format=memory_format)
+        query = batch.query.contiguous(memory_format=memory_format)
+        with autocast:
+            loss, stats = net(key, query, batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in {"loss": loss, **stats}.items():
+            totals[name] = totals.get(name, 0) + value.detach()
+        window += 1
+        bar.update(1)
+        if window == cfg.print_freq or step == steps - 1:
+            elapsed = time.perf_counter() - tick
+            values = {name: float(total) / window for name, total in totals.items()}  # the one host sync
+            values.update(lr=lr, epoch=epoch, images_per_s=window * cfg.batch_size / elapsed,
+                          data_wait=wait / elapsed)
+            global_step = (epoch - 1) * steps + step + 1
+            runlog.record("train", global_step, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", ips=f"{values['images_per_s']:.0f}")
+            totals, window, wait, tick = {}, 0, 0.0, time.perf_counter()
+    bar.close()
+    return bad
+
+
+def report_bad_files(setup: Setup, epoch: int, bad: list[str], steps: int, runlog: RunLog) -> None:
+    if not bad:
+        return
+    with open(setup.run_dir / "bad_files.txt", "a") as fh:
+        fh.writelines(f"epoch {epoch}\t{path}\n" for path in bad)
+    runlog.say(f"epoch {epoch}: {len(bad)} unreadable image(s) skipped and replaced; listed in "
+               f"{setup.run_dir / 'bad_files.txt'}")
+    runlog.record("data", epoch, {"bad_images": len(bad)})
+    seen = steps * setup.cfg.batch_size // setup.world
+    if len(bad) > setup.cfg.max_bad_fraction * seen:
+        raise UsageError(f"{len(bad)} of {seen} images read in epoch {epoch} were unreadable (more than "
+                         f"max_bad_fraction={setup.cfg.max_bad_fraction}); see {setup.run_dir / 'bad_files.txt'}")
+
+
+def save_epoch(setup: Setup, epoch: int) -> None:
+    cfg = setup.cfg
+    state = ck.make_checkpoint(cfg, setup.model, setup.optimizer, epoch)
+    ck.atomic_save(state, setup.run_dir / ck.LAST)
+    if epoch % cfg.save_freq == 0 or epoch == cfg.epochs:
+        ck.atomic_save(state, setup.run_dir / ck.epoch_name(epoch))

@@ -1,0 +1,202 @@
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from isd.data import batch_aug as A
+from isd.data.batch_aug import BatchAugment, two_views
+
+MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN1, STD1 = (0.286,), (0.353,)
+
+
+def _images(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, c, size, size), dtype=torch.uint8, generator=g)
+
+
+def _floats(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, c, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("recipe", ["strong", "weak", "none"])
+@pytest.mark.parametrize("c, in_size, out_size", [(1, 28, 28), (3, 32, 32), (1, 28, 24), (3, 32, 40)])
+def test_shape_and_dtype(recipe, c, in_size, out_size):
+    mean, std = (MEAN1, STD1) if c == 1 else (MEAN3, STD3)
+    out = BatchAugment(recipe, out_size, mean, std)(_images(6, c, in_size))
+    assert out.shape == (6, c, out_size, out_size)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError):
+        BatchAugment("medium", 32, MEAN3, STD3)
+
+
+def test_none_on_constant_image_is_exact_normalisation():
+    images = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
+    out = BatchAugment("none", 32, MEAN3, STD3)(images)
+    expected = (torch.tensor(200.0) / 255 - torch.tensor(MEAN3)) / torch.tensor(STD3)
+    assert torch.equal(out, expected.view(1, 3, 1, 1).expand_as(out))
+
+
+def test_none_resize_matches_torchvision():
+    x = _images(2, 3, 32)
+    out = BatchAugment("none", 24, (0, 0, 0), (1, 1, 1))(x)
+    ref = TF.resize(x.float() / 255, [24, 24], antialias=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_full_crop_is_identity():
+    x = _floats(4, 3, 32)
+    boxes = torch.tensor([[0.0, 0.0, 32.0, 32.0]]).expand(4, 4)
+    torch.testing.assert_close(A.resized_crop(x, boxes, 32), x, atol=1e-5, rtol=0)
+    flip = torch.tensor([True, False, True, False])
+    out = A.resized_crop(x, boxes, 32, flip)
+    torch.testing.assert_close(out[flip], x[flip].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[~flip], x[~flip], atol=1e-5, rtol=0)
+
+
+def test_upscaling_crop_matches_torchvision_resized_crop():
+    x = _floats(3, 3, 28)
+    boxes = torch.tensor([[0.0, 0.0, 28.0, 28.0], [3.0, 5.0, 10.0, 14.0], [17.0, 0.0, 11.0, 20.0]])
+    out = A.resized_crop(x, boxes, 32)
+    for i, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        ref = TF.resized_crop(x[i], top, left, h, w, [32, 32], antialias=False)
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=0)
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    from torchvision.transforms.v2 import RandomResizedCrop
+
+    n, g = 5000, torch.Generator().manual_seed(0)
+    boxes = A.sample_crop_boxes(n, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), generator=g)
+    top, left, h, w = boxes.unbind(1)
+    assert torch.equal(boxes, boxes.round())
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
+    assert len(set(top.tolist())) > 10 and len(set(left.tolist())) > 10
+
+    torch.manual_seed(0)
+    rrc, image = RandomResizedCrop(32, scale=(0.2, 1.0)), torch.zeros(3, 32, 32)
+    ref = torch.tensor([[p["height"], p["width"]] for p in (rrc.make_params([image]) for _ in range(n))]).float()
+    for ours, theirs in [(h * w, ref[:, 0] * ref[:, 1]), (w / h, ref[:, 1] / ref[:, 0])]:
+        assert abs(ours.mean() - theirs.mean()) < 0.015 * theirs.mean()
+        assert abs(ours.std() - theirs.std()) < 0.03 * theirs.std()
+        assert theirs.min() * 0.95 <= ours.min() and ours.max() <= theirs.max() * 1.05
+
+
+def test_crop_boxes_fall_back_to_central_crop():
+    whole = A.sample_crop_boxes(5, 28, 28, scale=(2.0, 3.0))  # never fits
+    assert torch.equal(whole, torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(5, 4))
+    wide = A.sample_crop_boxes(5, 10, 40, scale=(2.0, 3.0))  # too wide for ratio <= 4/3
+    assert torch.equal(wide[0], torch.tensor([0.0, 13.0, 10.0, 13.0]))
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.0, 1.37])
+def test_brightness_contrast_saturation_match_torchvision(factor):
+    x = _floats(5, 3, 16)
+    factors = torch.tensor([factor, 0.7, 1.2, 1.4, 0.0])
+    for ours, ref in [
+        (A.adjust_brightness, TF.adjust_brightness),
+        (A.adjust_contrast, TF.adjust_contrast),
+        (A.adjust_saturation, TF.adjust_saturation),
+    ]:
+        expected = torch.stack([ref(x[i], f.item()) for i, f in enumerate(factors)])
+        torch.testing.assert_close(ours(x, factors), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(x, factor), ref(x, factor), atol=1e-5, rtol=0)
+    gray = x[:, :1]
+    torch.testing.assert_close(A.adjust_contrast(gray, factor), TF.adjust_contrast(gray, factor), atol=1e-5, rtol=0)
+
+
+def test_hue_matches_torchvision():
+    x = _floats(6, 3, 16)
+    x[0] = 0.5  # grey: hue undefined
+    x[1, :, :4] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # saturated primaries
+    factors = torch.tensor([0.1, -0.1, 0.05, -0.5, 0.5, 0.0])
+    expected = torch.stack([TF.adjust_hue(x[i], f.item()) for i, f in enumerate(factors)])
+    torch.testing.assert_close(A.adjust_hue(x, factors), expected, atol=1e-4, rtol=0)
+
+
+def test_grayscale_matches_torchvision():
+    x = _floats(3, 3, 8)
+    torch.testing.assert_close(A.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_blur_matches_torchvision(c):
+    x = _floats(3, c, 28)
+    sigmas = torch.tensor([0.1, 1.3, 2.0])
+    out = A.gaussian_blur(x, sigmas, radius=6)
+    for i, s in enumerate(sigmas.tolist()):
+        ref = TF.gaussian_blur(x[i], [13, 13], [s, s])
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("recipe", ["strong", "weak"])
+def test_generator_reproducibility(recipe):
+    aug, x = BatchAugment(recipe, 32, MEAN3, STD3), _images(16, 3, 32)
+    a = aug(x, torch.Generator().manual_seed(1))
+    b = aug(x, torch.Generator().manual_seed(1))
+    c = aug(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_views_differ_and_samples_are_independent():
+    aug = BatchAugment("strong", 28, MEAN1, STD1)
+    x = _images(1, 1, 28).expand(8, 1, 28, 28)
+    key, query = two_views(x, aug, aug, torch.Generator().manual_seed(0))
+    assert key.shape == query.shape == (8, 1, 28, 28)
+    assert not torch.allclose(key, query)
+    assert not torch.allclose(key[0], key[1])  # one image, different augmentations per sample
+
+
+def test_color_jitter_probability():
+    x = _floats(4000, 3, 4)
+    out = A.color_jitter(x, generator=torch.Generator().manual_seed(0))
+    changed = (out != x).flatten(1).any(1).float().mean().item()
+    assert abs(changed - 0.8) < 0.03
+
+
+def test_color_jitter_order_is_per_sample():
+    # brightness then contrast differs from contrast then brightness once clamping kicks in
+    x = _floats(1, 1, 8).expand(2000, 1, 8, 8)
+    out = A.color_jitter(x, p=1.0, strength=(0.4, 0.4, 0.0, 0.0), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    torch.rand(2000, generator=g)  # applied
+    bri, con = 0.6 + 0.8 * torch.rand(2000, generator=g), 0.6 + 0.8 * torch.rand(2000, generator=g)
+    torch.rand(2000, generator=g), torch.rand(2000, generator=g)  # saturation, hue
+    order = torch.rand(2000, 4, generator=g).argsort(1)
+    bri_first = (order == 0).int().argmax(1) < (order == 1).int().argmax(1)
+    bc = A.adjust_contrast(A.adjust_brightness(x, bri), con)
+    cb = A.adjust_brightness(A.adjust_contrast(x, con), bri)
+    expected = torch.where(bri_first.view(-1, 1, 1, 1), bc, cb)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert 0.4 < bri_first.float().mean() < 0.6
+
+
+def test_single_channel_skips_saturation_and_hue(monkeypatch):
+    def boom(x, factor):
+        raise AssertionError("saturation/hue must not run on 1-channel images")
+
+    monkeypatch.setattr(A, "COLOR_OPS", (A.adjust_brightness, A.adjust_contrast, boom, boom))
+    out = BatchAugment("strong", 28, MEAN1, STD1)(_images(64, 1, 28), torch.Generator().manual_seed(0))
+    assert out.shape == (64, 1, 28, 28)
+    with pytest.raises(AssertionError):
+        A.color_jitter(_floats(8, 3, 4), p=1.0)
+
+
+def test_random_grayscale_probability():
+    x = _floats(4000, 3, 4)
+    out = A.random_grayscale(x, 0.2, torch.Generator().manual_seed(0))
+    gray = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    assert abs(gray.float().mean().item() - 0.2) < 0.03
+    torch.testing.assert_close(out[gray], A.rgb_to_grayscale(x[gray]).expand(-1, 3, -1, -1))
+    assert torch.equal(out[~gray], x[~gray])
+
+
+def test_weak_keeps_colours():
+    # weak = crop + flip only: a constant image stays exactly constant
+    images = torch.full((8, 3, 32, 32), 77, dtype=torch.uint8)
+    out = BatchAugment("weak", 32, (0, 0, 0), (1, 1, 1))(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, 77 / 255), atol=1e-6, rtol=0)
