@@ -106,7 +106,10 @@ def recipe_description(name: str) -> str:
 def _coerce(name: str, raw: Any) -> Any:
     """Turn a YAML/`--set` value into the field's type, or explain which flag is wrong."""
     default = FIELDS[name].default
-    if raw is None:
+    optional = "None" in str(FIELDS[name].type)
+    if raw is None or (optional and str(raw).strip().lower() in ("none", "null", "")):
+        if not optional:
+            raise UsageError(f"'{name}' needs a value: expected {_type_name(default, name)}")
         return None
     try:
         if isinstance(default, bool):
@@ -122,13 +125,22 @@ def _coerce(name: str, raw: Any) -> Any:
             items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(" ", "").split(",") if s]
             kind = float if name == "crop_scale" else int
             return tuple(kind(v) for v in items)
-        if isinstance(default, int) and not isinstance(default, bool):
+        kind = _base_type(name)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
             return int(raw)
-        if isinstance(default, float) or name == "temp_t":
+        if kind is float:
             return float(raw)
         return str(raw)
     except (TypeError, ValueError):
         raise UsageError(f"bad value {raw!r} for '{name}': expected {_type_name(default, name)}") from None
+
+
+def _base_type(name: str) -> type:
+    """int, float or str, from the field's annotation (`int | None` -> int)."""
+    annotation = str(FIELDS[name].type)
+    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
 
 
 def _type_name(default: Any, name: str) -> str:
@@ -136,11 +148,7 @@ def _type_name(default: Any, name: str) -> str:
         return "true or false"
     if isinstance(default, tuple):
         return "a comma-separated list of numbers"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float) or name == "temp_t":
-        return "a number"
-    return "a string"
+    return {int: "an integer", float: "a number", str: "a string"}[_base_type(name)]
 
 
 def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:

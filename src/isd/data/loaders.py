@@ -20,6 +20,9 @@ from isd.data.sources import Source
 from isd.data.views import eval_transform, train_transform
 
 
+MAX_REPLACEMENT_TRIES = 64
+
+
 def mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -64,15 +67,17 @@ class TwoViewFiles(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
-        bad = -1
-        for attempt in range(len(self.files)):
+        bad, img = -1, None
+        for attempt in range(min(len(self.files), MAX_REPLACEMENT_TRIES)):
             candidate = (index + attempt) % len(self.files)
             try:
-                with Image.open(self.files[candidate]) as img:
-                    img = img.convert("RGB")
+                with Image.open(self.files[candidate]) as opened:
+                    img = opened.convert("RGB")
                 break
             except Exception:  # unreadable, truncated, not an image: replaced, counted and reported
                 bad = candidate if bad < 0 else bad
+        if img is None:
+            raise RuntimeError(f"{MAX_REPLACEMENT_TRIES} images in a row from {self.files[index]} are unreadable")
         torch.manual_seed(mix_seed(self.seed, epoch, index))
         return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
 

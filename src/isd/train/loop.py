@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -151,9 +152,11 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
     net = model
     if setup.world > 1:
         # queue and teacher are kept identical by all-gathers; broadcasting buffers would copy the queue each step
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[setup.device.index] if setup.device.type == "cuda" else None,
-            broadcast_buffers=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer torch renames the flag; older lacks the new name
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[setup.device.index] if setup.device.type == "cuda" else None,
+                broadcast_buffers=False)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
                 else contextlib.nullcontext())
     memory_format = torch.channels_last if use_channels_last(cfg, setup.device) else torch.contiguous_format

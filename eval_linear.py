@@ -1,0 +1,11 @@
+"""The original `eval_linear.py` command line, run by the isd engine (flag translation only)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+
+from isd.eval.legacy_eval import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("eval_linear.py"))

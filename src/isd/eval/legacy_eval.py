@@ -1,0 +1,62 @@
+"""The original `eval_knn.py` / `eval_linear.py` flags, translated onto `isd knn` / `isd linear`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from isd.cli_common import OneLineParser, run_guarded
+from isd.config import ARCHS, DATASETS
+from isd.eval.command import add_knn_args, add_linear_args, run_knn, run_linear
+
+SCRIPTS = {"eval_knn.py": ("kNN accuracy (1-NN, 20-NN)", "isd knn"),
+           "eval_linear.py": ("the linear probe (40 epochs, lr 0.01, steps at 15,30,40)", "isd linear")}
+
+
+def legacy_parser(script: str) -> argparse.ArgumentParser:
+    what, command = SCRIPTS[script]
+    p = OneLineParser(prog=script, description=f"Evaluate a checkpoint: {what}, with the original script's flags; "
+                      f"runs `{command}`.")
+    p.add_argument("data", help="dataset root holding train/ and val/ (<class>/<image>)")
+    p.add_argument("--weights", required=True, help="checkpoint (ours, the original code's, or a plain state_dict)")
+    p.add_argument("-a", "--arch", choices=ARCHS, help="checked against the checkpoint's weights")
+    p.add_argument("--save", help="folder for results and cached features (default: the checkpoint's folder)")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("-j", "--workers", type=int, default=4, help="data loading workers (default 4)")
+    p.add_argument("--dataset", choices=DATASETS, default="folder", help="data source (default: folder)")
+    p.add_argument("--load_cache", action="store_true", help="accepted for compatibility: cached features are "
+                   "reused whenever the checkpoint file is unchanged")
+    p.add_argument("-p", "--print-freq", type=int, help="accepted for compatibility (no effect)")
+    p.add_argument("--gpu", type=int, help="accepted for compatibility; use CUDA_VISIBLE_DEVICES instead")
+    if script == "eval_knn.py":
+        p.add_argument("-k", type=int, nargs="+", default=[1, 20], help="neighbour counts (default 1 20)")
+    else:
+        p.add_argument("--lr", type=float, default=0.01, help="default 0.01")
+        p.add_argument("--epochs", type=int, default=40, help="default 40")
+        p.add_argument("--lr_schedule", default="15,30,40", help="epochs where lr *= 0.1 (default '15,30,40')")
+    return p
+
+
+def translate(script: str, args: argparse.Namespace) -> list[str]:
+    argv = [args.weights, args.data, "--dataset", args.dataset, "--batch-size", str(args.batch_size),
+            "--num-workers", str(args.workers)]
+    argv += ["--arch", args.arch] if args.arch else []
+    argv += ["--out", args.save] if args.save else []
+    if script == "eval_knn.py":
+        return argv + ["-k", *map(str, args.k)]
+    return argv + ["--lr", str(args.lr), "--epochs", str(args.epochs), "--lr-schedule", args.lr_schedule]
+
+
+def main(script: str, argv: list[str] | None = None) -> int:
+    def run() -> int:
+        args = legacy_parser(script).parse_args(argv)
+        target = OneLineParser(prog=script)
+        (add_knn_args if script == "eval_knn.py" else add_linear_args)(target)
+        translated = target.parse_args(translate(script, args))
+        return (run_knn if script == "eval_knn.py" else run_linear)(translated)
+
+    return run_guarded(run, script)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
