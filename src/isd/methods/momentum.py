@@ -136,5 +136,5 @@ class MomentumMethod(nn.Module):
 
 def purity(k: Tensor, queue: MemoryQueue, labels: Tensor, top: int = 5) -> Tensor:
     """Fraction of each key's `top` most similar queue entries that share its label (diagnostic only)."""
-    nearest = (k @ queue.queue.T).topk(top, dim=1).indices
+    nearest = (k @ queue.queue.T).topk(min(top, queue.queue.shape[0]), dim=1).indices
     return (queue.labels[nearest] == labels[:, None]).float().mean()

@@ -80,7 +80,9 @@ def load_latest(run_dir: Path, warn=print) -> tuple[Path, dict[str, Any]] | None
 
 
 def check_compatible(ckpt: dict[str, Any], cfg, path: Path) -> None:
-    opt = ckpt.get("opt", {})
+    opt = ckpt.get("opt") or {}
+    if not isinstance(opt, dict):  # the original scripts store an argparse.Namespace
+        opt = vars(opt) if hasattr(opt, "__dict__") else {}
     method = ckpt.get("method", opt.get("method"))
     arch = ckpt.get("arch", opt.get("arch"))
     if method and method != cfg.method:

@@ -126,6 +126,9 @@ def resume(setup: Setup, log: Callable[[str], None]) -> None:
     else:
         path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume)
     ck.check_compatible(state, cfg, path)
+    if "optimizer" not in state or "epoch" not in state:
+        raise UsageError(f"checkpoint {path} has no optimizer state: it is not a training checkpoint of `isd train` "
+                         f"(evaluate it with `isd knn` / `isd linear`, or start a new run without --resume)")
     try:
         setup.model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
@@ -157,7 +160,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[setup.device.index] if setup.device.type == "cuda" else None,
                 broadcast_buffers=False)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
+    autocast = (torch.autocast(setup.device.type, dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
                 else contextlib.nullcontext())
     memory_format = torch.channels_last if use_channels_last(cfg, setup.device) else torch.contiguous_format
     steps = loader.steps_per_epoch()
