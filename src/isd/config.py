@@ -157,7 +157,7 @@ def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:
         if name not in FIELDS:
             close = [f for f in FIELDS if f.startswith(name[:3])]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UsageError(f"unknown config key '{name}' in {origin}{hint} (keys: `isd train --help`)")
+            raise UsageError(f"unknown config key '{name}' in {origin}{hint} (valid keys: {', '.join(FIELDS)})")
         setattr(cfg, name, _coerce(name, raw))
     return cfg
 
