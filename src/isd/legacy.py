@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from isd.cli_common import OneLineParser, run_guarded
 from isd.config import build_config
@@ -78,7 +77,3 @@ def main(script: str, argv: list[str] | None = None) -> int:
         return 0
 
     return run_guarded(run, script)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
