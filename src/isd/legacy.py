@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from isd.cli_common import OneLineParser, run_guarded
 from isd.config import build_config
@@ -73,6 +74,10 @@ def main(script: str, argv: list[str] | None = None) -> int:
         from isd.train.loop import train
         args = parser.parse_args(argv)
         cfg = build_config(SCRIPTS[script][0], legacy_values(args))
+        from isd.train.launch import maybe_self_launch
+        launched = maybe_self_launch(script, sys.argv[1:] if argv is None else list(argv), cfg.device)
+        if launched is not None:  # several GPUs, no launcher: one worker per GPU has run the job
+            return launched
         train(cfg)
         return 0
 

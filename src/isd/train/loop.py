@@ -63,7 +63,7 @@ def prepare_run_dir(path: str) -> Path:
     run_dir = Path(path)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        probe = run_dir / f".write_test.{os.getpid()}"  # one per process: ranks share the run folder
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -95,6 +95,9 @@ def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
     model = build_method(cfg, in_channels=source.channels, stem=stem)
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cpu" and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+            raise UsageError("sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
+                             "leave it off for CPU runs")
     model = model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,62 @@
+"""One worker per visible GPU for the original scripts (`CUDA_VISIBLE_DEVICES=0,1 python train_isd.py ...`).
+
+The original spawned its own workers; here the script relaunches itself through torch's elastic launcher
+(the machinery behind torchrun), so every worker is an ordinary torchrun worker of the same engine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from typing import Mapping
+
+LAUNCHER_VARS = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "TORCHELASTIC_RUN_ID")
+
+
+def needs_self_launch(env: Mapping[str, str], cuda_count: int, device: str | None = "auto") -> bool:
+    """True when several GPUs are visible, the run may use them, and no launcher started this process."""
+    if device == "cpu" or cuda_count <= 1:
+        return False
+    return not any(name in env for name in LAUNCHER_VARS)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def self_launch(script: str, argv: list[str], nproc: int) -> int:
+    """Runs `script argv` in `nproc` workers on this node via torch.distributed.launcher; 0 when all succeed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"isd-{uuid.uuid4().hex[:8]}",
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+                          monitor_interval=1)
+    print(f"{script}: {nproc} GPUs visible, starting one worker per GPU (same as torchrun --nproc_per_node "
+          f"{nproc})", flush=True)
+    try:
+        elastic_launch(config, sys.executable)("-m", "isd.train.launch", script, *argv)
+    except ChildFailedError as err:
+        print(f"{script}: a worker failed:\n{err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def maybe_self_launch(script: str, argv: list[str], device: str | None) -> int | None:
+    """The exit code of a self-launched multi-GPU run, or None when this process should train itself."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if not needs_self_launch(os.environ, count, device):
+        return None
+    return self_launch(script, argv, count)
+
+
+if __name__ == "__main__":  # a worker: the original script's command line, run by the engine
+    from isd.legacy import main
+
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
