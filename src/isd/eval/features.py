@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +67,3 @@ def seeded_subset(n: int, limit: int, seed: int) -> Tensor | None:
     if not limit or limit >= n:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-
-
-def describe(state: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in state.items())

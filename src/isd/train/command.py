@@ -6,9 +6,6 @@ import argparse
 
 from isd.config import METHODS, ARCHS, DATASETS, build_config, recipe_description, recipe_names
 
-FLAG_TO_FIELD = {"batch_size": "batch_size", "lr": "lr", "run_dir": "run_dir", "queue_size": "queue_size",
-                 "num_workers": "num_workers", "subset_file": "subset_file"}
-
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an encoder (ISD, ISD+, BYOL-asym, MoCo-v2)",
@@ -70,8 +67,9 @@ def run_recipes(args: argparse.Namespace) -> int:
 
     if args.name:
         import yaml
+        values = load_recipe(args.name)  # first: it names the available recipes when this one is unknown
         print(f"# {recipe_description(args.name)}")
-        print(yaml.safe_dump(load_recipe(args.name), sort_keys=False).strip())
+        print(yaml.safe_dump(values, sort_keys=False).strip())
         return 0
     for name in recipe_names():
         print(f"{name:28s} {recipe_description(name)}")

@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,6 @@ class Setup:
     optimizer: torch.optim.Optimizer
     start_epoch: int = 1
     start_step: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def resolve_device(cfg: Config) -> torch.device:
