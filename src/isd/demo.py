@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from isd.config import build_config
 from isd.data.sources import find_fashion_mnist, load_source

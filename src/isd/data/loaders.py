@@ -145,9 +145,11 @@ def build_loader(source: Source, cfg, size: int, device: torch.device, rank: int
     return cls(source, cfg, size, device, rank, world)
 
 
-class EvalFiles(Dataset):
-    def __init__(self, source: Source, size: int) -> None:
-        self.source, self.transform = source, eval_transform(size, source.mean, source.std)
+class ImageFiles(Dataset):
+    """(transform(image), label) for each file of a source; eval views and the linear probe's views."""
+
+    def __init__(self, source: Source, transform) -> None:
+        self.source, self.transform = source, transform
 
     def __len__(self) -> int:
         return len(self.source)
@@ -166,7 +168,7 @@ def eval_batches(source: Source, size: int, batch_size: int, device: torch.devic
             images = source.images[start:start + batch_size].to(device)
             yield plain(images), source.targets[start:start + batch_size].to(device)
         return
-    loader = DataLoader(EvalFiles(source, size), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ImageFiles(source, eval_transform(size, source.mean, source.std)), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     for images, labels in loader:
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -18,6 +18,7 @@ from isd.data.sources import Source, load_source
 from isd.errors import UsageError
 from isd.eval.checkpoints import ENCODERS, load_backbone
 from isd.train.checkpoint import atomic_save
+from isd.train.loop import resolve_device
 
 CACHE_VERSION = 1
 
@@ -101,12 +102,6 @@ class EvalContext:
     size: int
     device: torch.device
     out: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu (or auto)")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def output_folder(args: argparse.Namespace) -> Path:

@@ -6,30 +6,17 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
+from torch.utils.data import DataLoader
 
 from isd.data.batch_aug import BatchAugment
-from isd.data.loaders import mix_seed
+from isd.data.loaders import ImageFiles, mix_seed
 from isd.data.sources import Source
+from isd.data.views import train_transform
 from isd.eval.features import backbone_forward
 from isd.eval.probe import LinearProbe, _init_linear, topk_accuracy
 
 CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as the original linear evaluation
-
-
-class _AugmentedFiles(Dataset):
-    def __init__(self, source: Source, transform: Callable) -> None:
-        self.source, self.transform = source, transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        with Image.open(self.source.files[index]) as img:
-            return self.transform(img.convert("RGB")), int(self.source.targets[index])
 
 
 def augmented_batches(source: Source, size: int, batch_size: int, device: torch.device, num_workers: int,
@@ -44,10 +31,9 @@ def augmented_batches(source: Source, size: int, batch_size: int, device: torch.
             batch = order[start:start + batch_size]
             yield aug(source.images[batch].to(device), generator=gen), source.targets[batch].to(device)
         return
-    transform = T.Compose([T.RandomResizedCrop(size, scale=CROP_SCALE), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(source.mean, source.std)])
+    transform = train_transform("weak", size, source.mean, source.std, CROP_SCALE)  # RandomResizedCrop + flip
     torch.manual_seed(epoch_seed)  # the transforms' RNG when num_workers == 0; workers are seeded by the loader
-    loader = DataLoader(_AugmentedFiles(source, transform), batch_size=batch_size, shuffle=True,
+    loader = DataLoader(ImageFiles(source, transform), batch_size=batch_size, shuffle=True,
                         num_workers=num_workers, generator=torch.Generator().manual_seed(epoch_seed),
                         pin_memory=device.type == "cuda")
     for images, labels in loader:

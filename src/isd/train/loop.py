@@ -39,10 +39,11 @@ class Setup:
     start_step: int = 0
 
 
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda -> the device of this process (its LOCAL_RANK's GPU under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu (or auto)")
-    if cfg.device == "cpu" or not torch.cuda.is_available():
+    if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local)
@@ -78,7 +79,7 @@ def image_size_and_stem(cfg: Config, source: Source) -> tuple[int, str]:
 
 
 def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     if cfg.batch_size % world:
         raise UsageError(f"--batch_size {cfg.batch_size} (global) must be divisible by the {world} processes")
