@@ -56,7 +56,10 @@ class Config:
     sync_bn: bool = False
     # run folder and checkpoints
     run_dir: str = "runs/isd"
-    save_freq: int = 10
+    save_freq: int = 10  # also keep ckpt_epoch_N.pth every N epochs (never pruned)
+    ckpt_every_steps: int = 0  # mid-epoch checkpoint every N steps (0 = only at epoch ends)
+    keep_checkpoints: int = 3  # rolling ckpt_step_*.pth files kept (the newest N)
+    on_nonfinite: str = "stop"  # stop | skip: what a non-finite loss or gradient does
     print_freq: int = 100
     resume: str | None = None  # PATH or "auto"
     eval_every: int = 0  # kNN on the labelled held-out split every N epochs (0 = never)
@@ -209,6 +212,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.ema < 1.0, f"teacher momentum (--momentum / ema) must be in [0, 1), got {cfg.ema}")
     need(cfg.temp > 0 and cfg.teacher_temp > 0, "temperatures (--temp, --temp_s, --temp_t) must be > 0")
     need(cfg.save_freq >= 1 and cfg.print_freq >= 1, "--save_freq and --print_freq must be >= 1")
+    need(cfg.ckpt_every_steps >= 0, f"--ckpt-every-steps must be >= 0 (0 = epoch ends only), got {cfg.ckpt_every_steps}")
+    need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    need(cfg.on_nonfinite in ("stop", "skip"), f"unknown --on-nonfinite '{cfg.on_nonfinite}'; choose stop or skip")
     need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
     need(0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1 if len(cfg.crop_scale) == 2 else False,
          f"crop_scale must be two numbers 0 < lo <= hi <= 1, got {cfg.crop_scale}")

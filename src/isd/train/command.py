@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--augmentation", help="KEY/QUERY recipes, e.g. weak/strong")
     p.add_argument("--run-dir", help="run folder for checkpoints, logs and config (default runs/isd)")
     p.add_argument("--resume", help="checkpoint path, or 'auto' for the newest one in the run folder")
+    p.add_argument("--ckpt-every-steps", type=int, help="also checkpoint every N steps inside an epoch (resume "
+                   "continues at that step); 0 = epoch ends only")
+    p.add_argument("--keep-checkpoints", type=int, help="rolling checkpoints kept in the run folder (default 3)")
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], help="a non-finite loss or gradient stops the run "
+                   "(default) or skips that step")
     p.add_argument("--num-workers", type=int, help="data loading workers (image folders)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default: GPU if visible)")
     p.add_argument("--seed", type=int, help="run seed")
@@ -45,7 +50,8 @@ def register(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     names = ("method", "arch", "dataset", "subset_file", "epochs", "batch_size", "lr", "queue_size", "augmentation",
-             "run_dir", "resume", "num_workers", "device", "seed", "eval_every", "data")
+             "run_dir", "resume", "ckpt_every_steps", "keep_checkpoints", "on_nonfinite", "num_workers", "device",
+             "seed", "eval_every", "data")
     values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return build_config(args.recipe, values, args.set)
 
