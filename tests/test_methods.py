@@ -255,13 +255,29 @@ def test_forward_uses_queue_before_this_steps_keys(method, monkeypatch):
         expected = real(q, k, before, model.temp_s, model.temp_t)
         assert (model.temp_s, model.temp_t) == ((0.1, 0.05) if method == "isd-plus" else (0.02, 0.02))
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
-    # ... and the keys were enqueued afterwards, with their labels
+    # ... the queue is untouched until the step is committed (after backward) ...
+    assert torch.equal(model.queue.queue, before) and int(model.queue.ptr) == 0
+    loss.backward()
+    model.commit()
+    # ... and then holds this step's keys, with their labels
     torch.testing.assert_close(model.queue.queue[:4], k, rtol=1e-6, atol=1e-6)
     assert torch.equal(model.queue.queue[4:], before[4:])
     assert int(model.queue.ptr) == 4 and model.queue.labels[:4].tolist() == labels.tolist()
     assert "purity" in stats and 0.0 <= float(stats["purity"]) <= 1.0
     # a loss against the updated queue would differ: the test can tell the two apart
     assert not torch.allclose(loss, real(q, k, model.queue.queue, *calls[0][3:]))
+
+
+def test_discarded_step_leaves_the_queue_and_an_uncommitted_one_is_enqueued_by_the_next_forward():
+    model = small_model("isd")
+    x = torch.randn(4, 3, 16, 16)
+    before = model.queue.queue.clone()
+    model(x, x)
+    model.discard()
+    model(x, x)  # commits nothing: the first step's keys were dropped
+    assert torch.equal(model.queue.queue, before)
+    model(x, x)  # the second forward's keys were never committed: this forward enqueues them first
+    assert int(model.queue.ptr) == 4 and not torch.equal(model.queue.queue[:4], before[:4])
 
 
 def test_byol_forward_is_its_loss_on_student_and_teacher_embeddings():

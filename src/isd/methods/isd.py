@@ -33,8 +33,8 @@ class ISD(MomentumMethod):
         return isd_predictor(feat_dim)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        # the queue as it was before this step's keys: the base class enqueues after loss()
-        loss = isd_loss(q, k, self.queue.snapshot(), self.temp_s, self.temp_t)
+        # the queue as it was before this step's keys: they are enqueued by commit(), after backward
+        loss = isd_loss(q, k, self.queue.queue, self.temp_s, self.temp_t)
         stats = {} if labels is None else {"purity": purity(k, self.queue, labels)}
         return loss, stats
 

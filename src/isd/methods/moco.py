@@ -31,6 +31,6 @@ class MoCo(MomentumMethod):
         return moco_projection(feat_dim, MOCO_DIM)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = moco_loss(q, k, self.queue.snapshot(), self.temp)
+        loss = moco_loss(q, k, self.queue.queue, self.temp)
         stats = {} if labels is None else {"purity": purity(k, self.queue, labels)}
         return loss, stats

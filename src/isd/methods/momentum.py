@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Similarities and losses in fp32 even under bf16 autocast; a float64 model stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -47,10 +52,6 @@ class MemoryQueue(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._cursor = None
 
-    def snapshot(self) -> Tensor:
-        """The queue as it is now, safe to use in autograd after the in-place enqueue that follows."""
-        return self.queue.detach().clone().float()
-
     @torch.no_grad()
     def push(self, keys: Tensor, labels: Tensor | None = None) -> None:
         """Enqueue the (already all-gathered) keys; size % len(keys) == 0 keeps the slice contiguous."""
@@ -77,6 +78,7 @@ class MomentumMethod(nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self._pairs: tuple[list[Tensor], list[Tensor]] | None = None
+        self._pending: tuple[Tensor, Tensor | None] | None = None  # this step's keys, enqueued by commit()
 
     # --- what a method may override -------------------------------------------------------------
     def build_projection(self, feat_dim: int, cfg) -> nn.Module:
@@ -106,13 +108,13 @@ class MomentumMethod(nn.Module):
         """Teacher forward with shuffle-BN across ranks; a plain forward in one process (BN is order-free)."""
         rank, size = world()
         if size == 1:
-            return F.normalize(self.encoder_k(x).float(), dim=1)
+            return F.normalize(at_least_fp32(self.encoder_k(x)), dim=1)
         local = x.shape[0]
         gathered = all_gather_cat(x)
         perm = torch.randperm(gathered.shape[0], device=x.device)
         dist.broadcast(perm, src=0)
         mine = perm.view(size, -1)[rank]
-        k = F.normalize(self.encoder_k(gathered[mine]).float(), dim=1)
+        k = F.normalize(at_least_fp32(self.encoder_k(gathered[mine])), dim=1)
         # un-shuffle: gather every rank's keys, put them back in sample order, keep this rank's slice
         all_k = all_gather_cat(k)
         restored = torch.empty_like(all_k)
@@ -120,18 +122,31 @@ class MomentumMethod(nn.Module):
         return restored[rank * local:(rank + 1) * local]
 
     def student_embed(self, x: Tensor) -> Tensor:
-        return F.normalize(self.predict_q(self.encoder_q(x)).float(), dim=1)
+        return F.normalize(at_least_fp32(self.predict_q(self.encoder_q(x))), dim=1)
 
     def forward(self, key_view: Tensor, query_view: Tensor,
                 labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss against the queue as it was before this step; its keys wait for commit()."""
+        self.commit()  # a caller that never commits still gets every step's keys enqueued, one step late
         q = self.student_embed(query_view)
         self.update_teacher()
         k = self.teacher_embed(key_view)
         with torch.autocast(device_type=q.device.type, enabled=False):
             loss, stats = self.loss(q, k, labels)
         if self.uses_queue:
-            self.queue.push(all_gather_cat(k), None if labels is None else all_gather_cat(labels))
+            self._pending = (all_gather_cat(k), None if labels is None else all_gather_cat(labels))
         return loss, stats
+
+    def commit(self) -> None:
+        """Enqueue the last forward's keys. Called after backward, so autograd never sees the queue change
+        under it and the queue needs no copy per step."""
+        if self._pending is not None:
+            self.queue.push(*self._pending)
+            self._pending = None
+
+    def discard(self) -> None:
+        """Drop the last forward's keys (a skipped step)."""
+        self._pending = None
 
 
 def purity(k: Tensor, queue: MemoryQueue, labels: Tensor, top: int = 5) -> Tensor:
