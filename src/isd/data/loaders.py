@@ -6,6 +6,7 @@ every augmentation are the same after a resume and for any number of workers or 
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,8 +17,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from isd.data.batch_aug import BatchAugment
+from isd.data.decode import open_rgb
 from isd.data.sources import Source
 from isd.data.views import eval_transform, train_transform
+from isd.errors import UsageError
 
 
 MAX_REPLACEMENT_TRIES = 64
@@ -71,8 +74,7 @@ class TwoViewFiles(Dataset):
         for attempt in range(min(len(self.files), MAX_REPLACEMENT_TRIES)):
             candidate = (index + attempt) % len(self.files)
             try:
-                with Image.open(self.files[candidate]) as opened:
-                    img = opened.convert("RGB")
+                img = open_rgb(self.files[candidate])
                 break
             except Exception:  # unreadable, truncated, not an image: replaced, counted and reported
                 bad = candidate if bad < 0 else bad
@@ -80,6 +82,14 @@ class TwoViewFiles(Dataset):
             raise RuntimeError(f"{MAX_REPLACEMENT_TRIES} images in a row from {self.files[index]} are unreadable")
         torch.manual_seed(mix_seed(self.seed, epoch, index))
         return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
+
+
+def ignore_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C, SIGTERM and SIGUSR1 to the main process, which checkpoints and stops:
+    a worker killed by the terminal's Ctrl-C (sent to the whole process group) would crash the main process."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):  # no SIGUSR1 on Windows
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int]]:
@@ -96,7 +106,7 @@ class FileLoader:
         self.source, self.device = source, device
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
-                                 num_workers=cfg.num_workers, collate_fn=_collate,
+                                 num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=ignore_signals,
                                  pin_memory=device.type == "cuda", persistent_workers=False,
                                  prefetch_factor=4 if cfg.num_workers > 0 else None)
 
@@ -155,8 +165,20 @@ class ImageFiles(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int):
-        with Image.open(self.source.files[index]) as img:
-            return self.transform(img.convert("RGB")), int(self.source.targets[index])
+        try:
+            return self.transform(open_rgb(self.source.files[index])), int(self.source.targets[index])
+        except Exception:  # reported by the main process as one line naming the file (see unreadable_check)
+            return self.transform(Image.new("RGB", (32, 32), (128, 128, 128))), -1 - index
+
+
+def unreadable_check(labels: Tensor, source: Source) -> Tensor:
+    """Evaluation needs every image: the first unreadable one (label -1 - index) stops it with one line."""
+    bad = labels < 0
+    if bool(bad.any()):
+        path = source.files[-1 - int(labels[bad][0])]
+        raise UsageError(f"image {path} cannot be read (corrupt, truncated, not an image or not readable); "
+                         f"evaluation uses every image of the split: fix or remove it")
+    return labels
 
 
 def eval_batches(source: Source, size: int, batch_size: int, device: torch.device,
@@ -168,7 +190,7 @@ def eval_batches(source: Source, size: int, batch_size: int, device: torch.devic
             images = source.images[start:start + batch_size].to(device)
             yield plain(images), source.targets[start:start + batch_size].to(device)
         return
-    loader = DataLoader(ImageFiles(source, eval_transform(size, source.mean, source.std)), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(ImageFiles(source, eval_transform(size, source.mean, source.std)), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        yield images.to(device, non_blocking=True), unreadable_check(labels, source).to(device, non_blocking=True)

@@ -7,16 +7,18 @@ held in memory (28-32 px sets, augmented a whole batch at a time).
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from isd.errors import UsageError
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -77,16 +79,60 @@ def image_folder(root: Path, imagenet100: bool = False, subset_file: str | None 
     if subset_file:
         classes, allowed = _read_subset(Path(subset_file), classes)
     class_to_idx = {c: i for i, c in enumerate(classes)}
-    try:
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=False)
-    except FileNotFoundError as err:
-        raise UsageError(f"{root}: {err}; remove the empty class folder or add images to it") from None
+    samples = _list_images(root, class_to_idx)
+    empty = sorted(set(classes) - {classes[t] for _, t in samples})
+    if empty:
+        raise UsageError(f"{root}: no image files ({', '.join(IMG_EXTENSIONS)}) in the class folder(s) "
+                         f"{', '.join(empty)}; remove the empty class folder or add images to it")
     if allowed is not None:
         samples = [(p, t) for p, t in samples if os.path.relpath(p, root) in allowed]
         if not samples:
             raise UsageError(f"--subset-file {subset_file}: none of its image paths exist under {root}")
     return Source(name=str(root), classes=classes, targets=torch.tensor([t for _, t in samples]),
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, native_size=None, files=[p for p, _ in samples])
+
+
+def _list_images(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """torchvision's make_dataset (same order, folder links followed) that enters each real folder once per class.
+
+    make_dataset walks with followlinks=True, so a link to a parent folder repeats the class's images once per
+    level until the kernel's limit of 40 links in a path, and two such links in a folder make that 2**40 paths.
+    Here such a link is not entered. Folders that cannot be listed are logged and skipped; files are listed whatever their size or
+    permissions: the loader counts the unreadable ones as bad and lists them in the run folder.
+    """
+    samples, unlistable = [], []
+    root_id = _folder_id(str(root))
+    for name, target in sorted(class_to_idx.items()):
+        top = os.path.join(root, name)
+        seen = {root_id}
+        if not os.path.isdir(top) or not _first_visit(top, seen):  # a class folder linked to the root itself
+            continue
+        walked = []
+        for folder, dirs, files in os.walk(top, followlinks=True, onerror=unlistable.append):
+            dirs[:] = [d for d in sorted(dirs) if _first_visit(os.path.join(folder, d), seen)]
+            walked.append((folder, files))
+        for folder, files in sorted(walked):
+            samples.extend((os.path.join(folder, f), target) for f in sorted(files)
+                           if f.lower().endswith(IMG_EXTENSIONS))
+    for err in unlistable:
+        log.warning("cannot list %s (%s): its images are left out", err.filename, err.strerror)
+    return samples
+
+
+def _folder_id(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _first_visit(path: str, seen: set[tuple[int, int]]) -> bool:
+    try:
+        folder = _folder_id(path)
+    except OSError:  # vanished, or a link loop that is no folder at all
+        return False
+    if folder in seen:
+        return False
+    seen.add(folder)
+    return True
 
 
 def _read_subset(path: Path, classes: list[str]) -> tuple[list[str], set[str] | None]:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from isd.data.batch_aug import BatchAugment
-from isd.data.loaders import ImageFiles, mix_seed
+from isd.data.loaders import ImageFiles, mix_seed, unreadable_check
 from isd.data.sources import Source
 from isd.data.views import train_transform
 from isd.eval.features import backbone_forward
@@ -37,7 +37,7 @@ def augmented_batches(source: Source, size: int, batch_size: int, device: torch.
                         num_workers=num_workers, generator=torch.Generator().manual_seed(epoch_seed),
                         pin_memory=device.type == "cuda")
     for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        yield images.to(device, non_blocking=True), unreadable_check(labels, source).to(device, non_blocking=True)
 
 
 def train_linear(net: nn.Module, source: Source, size: int, stats_features: Tensor, val_x: Tensor, val_y: Tensor,
