@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
 def harness_train(spec: dict) -> None:
     import isd.train.loop as loop
     from isd.config import build_config
+    from isd.errors import Preempted
     from isd.methods.momentum import MomentumMethod
 
     rank = int(os.environ.get("RANK", 0))
@@ -89,14 +91,24 @@ def harness_train(spec: dict) -> None:
     def recording_forward(self, key, query, labels=None):
         if fail_rank is not None and int(fail_rank) == rank and len(losses) >= 1:
             raise RuntimeError(f"injected failure on rank {rank}")
+        if os.environ.get("ISD_TEST_SIGNAL_RANK") == str(rank) and len(losses) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # this rank alone is told to stop, during its second step
+        if spec.get("float64"):
+            key, query = key.double(), query.double()
         loss, stats = forward(self, key, query, labels)
         losses.append(float(loss.detach()))
         return loss, stats
 
     MomentumMethod.forward = recording_forward
+    if spec.get("float64"):  # model, queue and loss in float64: what is left of a difference is the algorithm's
+        torch.set_default_dtype(torch.float64)
     if spec.get("global_bn"):  # what loop.build's sync_bn conversion does on GPUs, here on CPU
         torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda m, *a, **k: to_global_bn(m))
-    setup = loop.train(build_config(None, spec["values"], spec.get("set", [])), log=lambda _: None)
+    try:
+        setup = loop.train(build_config(None, spec["values"], spec.get("set", [])), log=lambda _: None)
+    except Preempted as stopped:
+        (Path(spec["out"]) / f"stopped{rank}.txt").write_text(f"{len(losses)} {stopped}")
+        sys.exit(stopped.exit_code)
     torch.save({"state": setup.model.state_dict(), "losses": losses, "world": setup.world},
                Path(spec["out"]) / f"rank{rank}.pt")
 
@@ -222,14 +234,17 @@ def test_shuffle_unshuffle_returns_each_key_to_its_sample(tmp_path):
         assert seen == sorted(reports[0]["own"][call] + reports[1]["own"][call])
 
 
-def test_two_processes_match_one_with_sync_bn(tmp_path):
+@pytest.mark.parametrize("precision, weight_tol", [("float64", 1e-5), ("float32", 1e-4)])
+def test_two_processes_match_one_with_sync_bn(precision, weight_tol, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     values = dict(epochs=1, sync_bn=True)
-    checked(launch(one, "train", 1, out=str(one), global_bn=True, values=train_values(one, **values)))
-    checked(launch(two, "train", 2, out=str(two), global_bn=True, values=train_values(two, **values)))
+    flags = dict(global_bn=True, float64=precision == "float64")
+    checked(launch(one, "train", 1, out=str(one), values=train_values(one, **values), **flags))
+    checked(launch(two, "train", 2, out=str(two), values=train_values(two, **values), **flags))
     single, ranks = load_rank(one, 0), [load_rank(two, r) for r in range(2)]
     assert single["world"] == 1 and ranks[0]["world"] == 2
+    assert single["state"]["encoder_q.conv1.weight"].dtype == getattr(torch, precision)
     # the loss is a per-sample mean: the global loss is the mean of the two halves' losses
     merged = torch.tensor([ranks[0]["losses"], ranks[1]["losses"]], dtype=torch.float64).mean(0)
     torch.testing.assert_close(merged, torch.tensor(single["losses"], dtype=torch.float64), rtol=0, atol=1e-5)
@@ -241,9 +256,9 @@ def test_two_processes_match_one_with_sync_bn(tmp_path):
                 worst[name] = max(worst.get(name, 0.0), float((value - other).abs().max()))
             else:
                 assert torch.equal(value, other), name
-    # weights: float reduction order (global-batch BN over gathered rows, gradient all-reduce) amplified by
-    # the 0.02 temperature leaves up to ~6e-5 after 4 steps on CPU; the losses above match to 1e-5
-    bad = {n: d for n, d in worst.items() if d > 1e-4}
+    # float64: the two runs are the same algorithm (differences ~1e-13). float32: reduction order (BN over
+    # gathered rows, gradient all-reduce) amplified by the 0.02 temperature leaves up to ~6e-5 after 4 steps
+    bad = {n: d for n, d in worst.items() if d > weight_tol}
     assert not bad, sorted(bad.items(), key=lambda kv: -kv[1])[:10]
 
 
@@ -277,6 +292,20 @@ def test_failing_rank_ends_the_job(tmp_path):
     assert "injected failure on rank 1" in proc.stdout + proc.stderr
     assert elapsed < 60, elapsed
     assert not (tmp_path / "ckpt_epoch_1.pth").exists()
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    proc = launch(tmp_path, "train", 2, env={"ISD_TEST_SIGNAL_RANK": "1"}, out=str(tmp_path),
+                  values=train_values(tmp_path, epochs=2))
+    assert proc.returncode != 0 and "exitcode  : 75" in proc.stdout + proc.stderr
+    stopped = [(tmp_path / f"stopped{r}.txt").read_text() for r in range(2)]
+    # rank 1's flag of step 2 is agreed on (all-reduced) during step 3: both ranks ran exactly 3 steps
+    assert [text.split()[0] for text in stopped] == ["3", "3"], stopped
+    assert "a stop request on another rank received" in stopped[0] and "SIGTERM received" in stopped[1]
+    state = torch.load(tmp_path / "ckpt_last.pth", weights_only=False)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 3)
+    checked(launch(tmp_path, "train", 2, out=str(tmp_path), values=train_values(tmp_path, epochs=1, resume="auto")))
+    assert torch.load(tmp_path / "ckpt_last.pth", weights_only=False)["step_in_epoch"] == 0
 
 
 @pytest.mark.parametrize("env, gpus, device, expected", [

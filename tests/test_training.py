@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from isd.config import Config, build_config, recipe_names
 from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
 from isd.errors import UsageError
 from isd.legacy import legacy_parser, legacy_values
+from isd.train import checkpoint as ck
 from isd.train.loop import train
 from isd.train.schedule import learning_rate
 
@@ -243,24 +245,40 @@ def test_resume_auto_picks_the_newest_readable_checkpoint(image_root, tmp_path):
     base = tiny_values(image_root, tmp_path / "a", method="byol", save_freq=1, epochs=2)
     done = run(base)
     assert sorted(p.name for p in (tmp_path / "a").glob("ckpt_*.pth")) == [
-        "ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "ckpt_last.pth"]
+        "ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "ckpt_last.pth", "ckpt_step_00000002.pth", "ckpt_step_00000004.pth"]
+    assert os.readlink(tmp_path / "a" / "ckpt_last.pth") == "ckpt_step_00000004.pth"
     copy = tmp_path / "b"
-    shutil.copytree(tmp_path / "a", copy)  # copy2 keeps the modification times
+    shutil.copytree(tmp_path / "a", copy, symlinks=True)
     logs = []
     again = run({**base, "run_dir": str(copy), "resume": "auto"}, logs)
     assert again.start_epoch == 3 and any("resumed from" in line and "epoch 2" in line for line in logs)
     assert_same_state(done.model.state_dict(), again.model.state_dict())
-    # the newest file is unreadable (a crash mid-write): named, skipped, the previous one is used
-    (copy / "ckpt_last.pth").write_bytes(b"truncated")
+    # the newest file is corrupt (same size, flipped bytes: only its sha256 sidecar tells): both files are named
+    # and the newest good one, the epoch-2 copy at the same point, is used
+    newest = copy / "ckpt_step_00000004.pth"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    newest.write_bytes(bytes(data))
     logs = []
     again = run({**base, "run_dir": str(copy), "resume": "auto", "epochs": 3}, logs)
-    assert any("ckpt_last.pth is unreadable" in line for line in logs)
+    assert any("ckpt_step_00000004.pth" in line and "sha256" in line and "resuming from" in line
+               and "ckpt_epoch_2.pth" in line for line in logs), logs
     assert any("resumed from" in line and "ckpt_epoch_2.pth" in line for line in logs)
     assert torch.load(copy / "ckpt_epoch_3.pth", weights_only=False)["epoch"] == 3
     # an empty run folder: starts from scratch
     logs = []
     fresh = run({**base, "run_dir": str(tmp_path / "c"), "resume": "auto", "epochs": 1}, logs)
     assert fresh.start_epoch == 1 and any("no checkpoint" in line for line in logs)
+
+
+def test_keep_checkpoints_prunes_rolling_files_but_never_epoch_files(image_root, tmp_path):
+    run(tiny_values(image_root, tmp_path, epochs=3, save_freq=2, ckpt_every_steps=1, keep_checkpoints=2))
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ckpt_"))
+    assert names == ["ckpt_epoch_2.pth", "ckpt_epoch_2.pth.sha256", "ckpt_epoch_3.pth", "ckpt_epoch_3.pth.sha256",
+                     "ckpt_last.pth", "ckpt_step_00000005.pth", "ckpt_step_00000005.pth.sha256",
+                     "ckpt_step_00000006.pth", "ckpt_step_00000006.pth.sha256"]
+    line = (tmp_path / "ckpt_step_00000006.pth.sha256").read_text()
+    assert line.split() == [ck.file_sha256(tmp_path / "ckpt_step_00000006.pth"), "ckpt_step_00000006.pth"]
 
 
 def test_run_folder_contents_and_log(isd_run):

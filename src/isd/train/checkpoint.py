@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,28 +15,86 @@ from typing import Any
 import numpy as np
 import torch
 
-from isd.errors import UsageError
+from isd.errors import CheckpointWriteError, UsageError
 
-LAST = "ckpt_last.pth"
+LAST = "ckpt_last.pth"  # a link to the newest rolling checkpoint
+STEP_FILE = re.compile(r"ckpt_step_(\d+)\.pth$")
+EPOCH_FILE = re.compile(r"ckpt_epoch_(\d+)\.pth$")
 
 
 def epoch_name(epoch: int) -> str:
     return f"ckpt_epoch_{epoch}.pth"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def step_name(global_step: int) -> str:
+    return f"ckpt_step_{global_step:08d}.pth"
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Temporary file in the same folder, fsync, rename, then a `sha256sum -c` sidecar: a crash never leaves
+    half a file under the real name, and later corruption is caught on load. A failed write (disk full)
+    raises CheckpointWriteError and leaves every earlier checkpoint as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_atomic(path, lambda fh: torch.save(obj, fh))
+        line = file_sha256(path).encode() + b"  " + os.fsencode(path.name) + b"\n"  # any file name, as sha256sum
+        _write_atomic(checksum_path(path), lambda fh: fh.write(line))
+    except OSError as err:
+        reason = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
+        earlier = [p.name for p in checkpoints_newest_first(path.parent) if p != path]
+        kept = f"the previous checkpoint {earlier[0]} is intact" if earlier else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"{reason} while writing checkpoint {path} ({err.strerror or err}); {kept}. "
+                                   f"Free space in {path.parent} (or pass another --run-dir) and rerun with "
+                                   f"--resume auto") from None
+
+
+def save_rolling(obj: Any, run_dir: Path, global_step: int, keep: int) -> Path:
+    """ckpt_step_N.pth, then ckpt_last.pth pointed at it, then all but the newest `keep` removed."""
+    path = run_dir / step_name(global_step)
+    atomic_save(obj, path)
+    point_last_at(path)
+    steps = sorted((p for p in run_dir.glob("ckpt_step_*.pth") if STEP_FILE.match(p.name)), reverse=True)
+    for old in steps[keep:]:
+        old.unlink(missing_ok=True)
+        checksum_path(old).unlink(missing_ok=True)
+    return path
+
+
+def point_last_at(path: Path) -> None:
+    link, tmp = path.parent / LAST, path.parent / f".{LAST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(path.name)  # relative: the run folder can be moved or copied
+        os.replace(tmp, link)
+    except OSError:  # a filesystem without symlinks: a copy instead
+        tmp.unlink(missing_ok=True)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, link)
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,25 +119,57 @@ def make_checkpoint(cfg, model, optimizer, epoch: int, step_in_epoch: int = 0) -
             "rng": rng_state(), "format": "isd-ssl/1"}
 
 
+def verify(path: Path) -> dict[str, Any]:
+    """Load a checkpoint, first checking its sha256 sidecar when there is one; raise ValueError if corrupt."""
+    sidecar = checksum_path(path.resolve())
+    if sidecar.is_file():
+        expected = sidecar.read_bytes().split()[0].decode()
+        if file_sha256(path) != expected:
+            raise ValueError(f"its sha256 does not match {sidecar.name}: the file is corrupt or truncated")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist (--resume)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return verify(path)
     except Exception as err:
-        raise UsageError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
-                         f"it may be truncated: resume from an earlier ckpt_epoch_N.pth") from None
+        raise UsageError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated: "
+                         f"resume from an earlier checkpoint, or use --resume auto to pick the newest good one"
+                         ) from None
 
 
-def load_latest(run_dir: Path, warn=print) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of a run folder (`--resume auto`); unreadable ones are named and skipped."""
-    candidates = sorted(run_dir.glob("ckpt_*.pth"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
+def checkpoints_newest_first(run_dir: Path, steps_per_epoch: int = 1) -> list[Path]:
+    """By training progress read from the names (ckpt_step_N: N steps; ckpt_epoch_E: E epochs), not by mtime,
+    so a copied run folder keeps its order; a rolling file before an epoch file at the same point. A
+    ckpt_last.pth that is a plain file (runs of older versions) comes first."""
+    ranked = []
+    for path in run_dir.glob("ckpt_*.pth"):
+        if match := STEP_FILE.match(path.name):
+            ranked.append(((int(match.group(1)), 1), path))
+        elif match := EPOCH_FILE.match(path.name):
+            ranked.append(((int(match.group(1)) * steps_per_epoch, 0), path))
+        elif path.name == LAST and not path.is_symlink() and path.is_file():
+            ranked.append(((float("inf"), 2), path))
+    return [path for _, path in sorted(ranked, key=lambda item: item[0], reverse=True)]
+
+
+def load_latest(run_dir: Path, warn=print, steps_per_epoch: int = 1) -> tuple[Path, dict[str, Any]] | None:
+    """The newest good checkpoint of a run folder (`--resume auto`); a bad one is named and the previous used."""
+    skipped: list[str] = []
+    for path in checkpoints_newest_first(run_dir, steps_per_epoch):
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
+            state = verify(path)
         except Exception as err:
-            warn(f"warning: checkpoint {path} is unreadable ({type(err).__name__}); trying the previous one")
+            skipped.append(f"{path} ({type(err).__name__}: {err})")
+            continue
+        for bad in skipped:
+            warn(f"warning: checkpoint {bad} is unreadable; resuming from {path} instead")
+        return path, state
+    for bad in skipped:
+        warn(f"warning: checkpoint {bad} is unreadable and no earlier good checkpoint exists")
     return None
 
 

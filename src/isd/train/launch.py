@@ -30,8 +30,14 @@ def _free_port() -> int:
 
 def self_launch(script: str, argv: list[str], nproc: int) -> int:
     """Runs `script argv` in `nproc` workers on this node via torch.distributed.launcher; 0 when all succeed."""
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from isd.errors import Preempted
+
+    # the launcher passes these on to the workers, which checkpoint and exit 75 (SIGUSR1: SLURM's warning)
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"isd-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
@@ -40,10 +46,26 @@ def self_launch(script: str, argv: list[str], nproc: int) -> int:
           f"{nproc})", flush=True)
     try:
         elastic_launch(config, sys.executable)("-m", "isd.train.launch", script, *argv)
+    except SignalException as err:
+        print(f"{script}: {signal_name(err.sigval)} received, passed on to the workers (each writes a checkpoint "
+              f"first); continue with --resume auto", file=sys.stderr, flush=True)
+        return Preempted.exit_code
     except ChildFailedError as err:
+        if all(f.exitcode == Preempted.exit_code for f in err.failures.values()):
+            print(f"{script}: stopped by a signal after a checkpoint; continue with --resume auto",
+                  file=sys.stderr, flush=True)
+            return Preempted.exit_code
         print(f"{script}: a worker failed:\n{err}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def signal_name(sigval) -> str:
+    import signal
+    try:
+        return signal.Signals(sigval).name
+    except ValueError:
+        return f"signal {sigval}"
 
 
 def maybe_self_launch(script: str, argv: list[str], device: str | None) -> int | None:

@@ -12,13 +12,16 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from isd.config import Config, save_yaml
 from isd.data.loaders import build_loader
 from isd.data.sources import Source, load_source
-from isd.errors import UsageError
+from isd.errors import Preempted, UsageError
 from isd.methods import build_method
 from isd.train import checkpoint as ck
+from isd.train.nonfinite import NonFiniteGuard
+from isd.train.preemption import StopRequests
 from isd.train.runlog import RunLog
 from isd.train.schedule import learning_rate
 
@@ -121,7 +124,7 @@ def resume(setup: Setup, log: Callable[[str], None]) -> None:
     if not cfg.resume:
         return
     if cfg.resume == "auto":
-        found = ck.load_latest(setup.run_dir, warn=log)
+        found = ck.load_latest(setup.run_dir, warn=log, steps_per_epoch=len(setup.source) // cfg.batch_size)
         if found is None:
             log(f"--resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
             return
@@ -149,7 +152,7 @@ def resume(setup: Setup, log: Callable[[str], None]) -> None:
 
 def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None) -> Setup:
     setup = build(cfg, log)
-    cfg, model, optimizer = setup.cfg, setup.model, setup.optimizer
+    cfg, model = setup.cfg, setup.model
     main_process = setup.rank == 0
     if main_process:
         save_yaml(cfg, setup.run_dir / "config.yaml")
@@ -163,69 +166,161 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[setup.device.index] if setup.device.type == "cuda" else None,
                 broadcast_buffers=False)
-    autocast = (torch.autocast(setup.device.type, dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
-                else contextlib.nullcontext())
-    memory_format = torch.channels_last if use_channels_last(cfg, setup.device) else torch.contiguous_format
     steps = loader.steps_per_epoch()
     if main_process:
         log(f"training {cfg.method} ({cfg.arch}, {setup.size}px) on {len(setup.source)} images of "
             f"{setup.source.name}: {steps} steps/epoch, epochs {setup.start_epoch}..{cfg.epochs}, "
             f"device {setup.device}, {setup.world} process(es), run folder {setup.run_dir}")
-    for epoch in range(setup.start_epoch, cfg.epochs + 1):
-        lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        start_step = setup.start_step if epoch == setup.start_epoch else 0
-        bad = run_epoch(setup, net, loader, epoch, start_step, steps, lr, autocast, memory_format, runlog)
-        report_bad_files(setup, epoch, bad, steps, runlog)
-        if on_epoch_end is not None:
-            on_epoch_end(setup, epoch, runlog)
-        if main_process:
-            save_epoch(setup, epoch)
-    runlog.close()
+    epoch_run = EpochRunner(setup, net, loader, steps, runlog)
+    try:
+        with epoch_run.stop:
+            for epoch in range(setup.start_epoch, cfg.epochs + 1):
+                start_step = setup.start_step if epoch == setup.start_epoch else 0
+                done = epoch_run(epoch, start_step)
+                if done < steps:  # stopped by a signal inside the epoch
+                    epoch_run.save(epoch, done)
+                    raise epoch_run.preempted(epoch, done)
+                if on_epoch_end is not None and not epoch_run.stopped:
+                    on_epoch_end(setup, epoch, runlog)
+                epoch_run.save(epoch, steps)
+                if epoch_run.stopped and epoch < cfg.epochs:
+                    raise epoch_run.preempted(epoch, steps)
+    finally:
+        runlog.close()
     return setup
 
 
-def run_epoch(setup: Setup, net, loader, epoch: int, start_step: int, steps: int, lr: float, autocast,
-              memory_format, runlog: RunLog) -> list[str]:
-    cfg, optimizer = setup.cfg, setup.optimizer
-    net.train()
-    bad: list[str] = []
-    totals: dict[str, torch.Tensor] = {}
-    window, wait, tick = 0, 0.0, time.perf_counter()
-    bar = runlog.progress(steps, f"epoch {epoch}/{cfg.epochs}", initial=start_step)
-    batches = loader.epoch(epoch, start_step)
-    for step in range(start_step, steps):
-        before = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - before
-        bad.extend(batch.bad)
-        key = batch.key.contiguous(memory_format=memory_format)
-        query = batch.query.contiguous(memory_format=memory_format)
-        with autocast:
-            loss, stats = net(key, query, batch.labels)
+class EpochRunner:
+    """One epoch of steps, with the mid-epoch checkpoints, stop requests and non-finite guard it needs."""
+
+    def __init__(self, setup: Setup, net, loader, steps: int, runlog: RunLog) -> None:
+        self.setup, self.net, self.loader, self.steps, self.runlog = setup, net, loader, steps, runlog
+        cfg = setup.cfg
+        self.autocast = (torch.autocast(setup.device.type, dtype=torch.bfloat16) if use_bf16(cfg, setup.device)
+                         else contextlib.nullcontext())
+        self.memory_format = torch.channels_last if use_channels_last(cfg, setup.device) else torch.contiguous_format
+        self.stop = StopRequests(setup.world)
+        self.guard = NonFiniteGuard(setup.model, cfg.on_nonfinite)
+        self.lr = cfg.lr
+        self.stopped = False  # every rank agreed to stop after the current step
+
+    def __call__(self, epoch: int, start_step: int) -> int:
+        """Runs steps start_step..steps-1; returns the number of steps done (fewer when asked to stop)."""
+        setup, cfg = self.setup, self.setup.cfg
+        self.lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
+        for group in setup.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.net.train()
+        bad_files: list[str] = []
+        window = Window(cfg.print_freq)
+        bar = self.runlog.progress(self.steps, f"epoch {epoch}/{cfg.epochs}", initial=start_step)
+        batches = self.loader.epoch(epoch, start_step)
+        done = start_step
+        try:
+            for step in range(start_step, self.steps):
+                before = time.perf_counter()
+                batch = next(batches)
+                window.wait += time.perf_counter() - before
+                bad_files.extend(batch.bad)
+                result = self.step(batch, step)
+                if result is not None:
+                    window.add(result)
+                done = step + 1
+                bar.update(1)
+                self.stopped = self.stop.should_stop()
+                if window.full() or done == self.steps or self.stopped:
+                    self.guard.check(epoch, self.lr)
+                    self.log_window(window, epoch, step, bar)
+                if self.stopped:
+                    break
+                if cfg.ckpt_every_steps and done % cfg.ckpt_every_steps == 0 and done < self.steps:
+                    self.save(epoch, done)
+        finally:
+            bar.close()  # also when a step raises: a bar left open shifts every later console line
+        report_bad_files(setup, epoch, bad_files, done - start_step, self.runlog)
+        return done
+
+    def step(self, batch, step: int) -> dict[str, Tensor] | None:
+        """One optimizer step; the values to log, or None for a skipped step."""
+        model, optimizer = self.setup.model, self.setup.optimizer
+        key = batch.key.contiguous(memory_format=self.memory_format)
+        query = batch.query.contiguous(memory_format=self.memory_format)
+        self.guard.before_forward()
+        with self.autocast:
+            loss, stats = self.net(key, query, batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        bad = self.guard.step_is_bad(loss, stats, step)
+        if self.guard.mode == "skip" and bool(bad):  # the one sync per step of skip mode
+            self.guard.skip()
+            model.discard()
+            optimizer.zero_grad(set_to_none=True)
+            self.runlog.say(f"step {step}: non-finite loss or gradient, step skipped "
+                            f"({self.guard.skipped} so far)")
+            return None
         optimizer.step()
-        for name, value in {"loss": loss, **stats}.items():
-            totals[name] = totals.get(name, 0) + value.detach()
-        window += 1
-        bar.update(1)
-        if window == cfg.print_freq or step == steps - 1:
-            elapsed = time.perf_counter() - tick
-            values = {name: float(total) / window for name, total in totals.items()}  # the one host sync
-            values.update(lr=lr, epoch=epoch, images_per_s=window * cfg.batch_size / elapsed,
-                          data_wait=wait / elapsed)
-            global_step = (epoch - 1) * steps + step + 1
-            runlog.record("train", global_step, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", ips=f"{values['images_per_s']:.0f}")
-            totals, window, wait, tick = {}, 0, 0.0, time.perf_counter()
-    bar.close()
-    return bad
+        model.commit()
+        return {"loss": loss, **stats}
+
+    def log_window(self, window: "Window", epoch: int, step: int, bar) -> None:
+        cfg = self.setup.cfg
+        if not window.count:
+            return
+        values = window.flush(cfg.batch_size)  # the one host sync per window
+        values.update(lr=self.lr, epoch=epoch)
+        if self.guard.skipped:
+            values["skipped_steps"] = self.guard.skipped
+        self.runlog.record("train", (epoch - 1) * self.steps + step + 1, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", ips=f"{values['images_per_s']:.0f}")
+
+    def save(self, epoch: int, done: int) -> None:
+        """Rank 0 writes; `done` == steps is an epoch end (stored as step 0 of the next epoch's start)."""
+        setup = self.setup
+        self.guard.check(epoch, self.lr)  # never save a poisoned state
+        if setup.rank != 0:
+            return
+        step_in_epoch = 0 if done == self.steps else done
+        state = ck.make_checkpoint(setup.cfg, setup.model, setup.optimizer, epoch, step_in_epoch)
+        global_step = (epoch - 1) * self.steps + done
+        ck.save_rolling(state, setup.run_dir, global_step, setup.cfg.keep_checkpoints)
+        if step_in_epoch == 0 and (epoch % setup.cfg.save_freq == 0 or epoch == setup.cfg.epochs):
+            ck.atomic_save(state, setup.run_dir / ck.epoch_name(epoch))
+
+    def preempted(self, epoch: int, done: int) -> Preempted:
+        where = f"epoch {epoch}, step {done}/{self.steps}" if done < self.steps else f"the end of epoch {epoch}"
+        return Preempted(f"{self.stop.name} received: checkpoint written at {where} in {self.setup.run_dir}; "
+                         f"continue with --resume auto (exit code {Preempted.exit_code})")
+
+
+class Window:
+    """Running sums of the logged values over print_freq steps, kept on the device until flushed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals: dict[str, Tensor] = {}
+        self.count, self.wait, self.tick = 0, 0.0, time.perf_counter()
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        for name, value in values.items():
+            self.totals[name] = self.totals.get(name, 0) + value.detach()
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.count >= self.size
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.tick
+        values = {name: float(total) / self.count for name, total in self.totals.items()}
+        values.update(images_per_s=self.count * batch_size / elapsed, data_wait=self.wait / elapsed)
+        self.reset()
+        return values
 
 
 def report_bad_files(setup: Setup, epoch: int, bad: list[str], steps: int, runlog: RunLog) -> None:
-    if not bad:
+    if not bad or steps <= 0:
         return
     with open(setup.run_dir / "bad_files.txt", "a") as fh:
         fh.writelines(f"epoch {epoch}\t{path}\n" for path in bad)
@@ -236,11 +331,3 @@ def report_bad_files(setup: Setup, epoch: int, bad: list[str], steps: int, runlo
     if len(bad) > setup.cfg.max_bad_fraction * seen:
         raise UsageError(f"{len(bad)} of {seen} images read in epoch {epoch} were unreadable (more than "
                          f"max_bad_fraction={setup.cfg.max_bad_fraction}); see {setup.run_dir / 'bad_files.txt'}")
-
-
-def save_epoch(setup: Setup, epoch: int) -> None:
-    cfg = setup.cfg
-    state = ck.make_checkpoint(cfg, setup.model, setup.optimizer, epoch)
-    ck.atomic_save(state, setup.run_dir / ck.LAST)
-    if epoch % cfg.save_freq == 0 or epoch == cfg.epochs:
-        ck.atomic_save(state, setup.run_dir / ck.epoch_name(epoch))
