@@ -164,7 +164,7 @@ def test_resume_missing_or_corrupt_checkpoint(image_root, tmp_path, capsys):
     assert_one_line(rc, err, "none.pth does not exist (--resume)")
     (tmp_path / "bad.pth").write_bytes(b"\x00garbage")
     rc, _, err = run_cli(train_argv(image_root, tmp_path / "run", "--resume", tmp_path / "bad.pth"), capsys)
-    assert_one_line(rc, err, "bad.pth cannot be read", "resume from an earlier ckpt_epoch_N.pth")
+    assert_one_line(rc, err, "bad.pth cannot be read", "resume from an earlier checkpoint", "--resume auto")
 
 
 # ------------------------------------------------------------------------------------------ unreadable images

@@ -184,7 +184,16 @@ def empty_split(tmp_path: Path, ckpt: Path, data: Path) -> list:
     return ["linear", ckpt, tmp_path, "--fast", "--out", tmp_path]
 
 
+def corrupt_val_image(tmp_path: Path, ckpt: Path, data: Path) -> list:
+    write_images(tmp_path / "train", {"a": 150, "b": 150}, 2, 0)
+    write_images(tmp_path / "val", {"a": 150, "b": 150}, 2, 1)
+    victim = sorted((tmp_path / "val" / "b").iterdir())[0]
+    victim.write_bytes(b"not an image")
+    return ["knn", ckpt, tmp_path, "--out", tmp_path, "--num-workers", "1"]
+
+
 @pytest.mark.parametrize("make, message", [
+    (corrupt_val_image, "val/b/0.png cannot be read"),
     (bad_layout, "unknown layout (keys seen: weights)"),
     (arch_mismatch, "holds resnet18 weights, not resnet50"),
     (val_differs, "val classes differ"),

@@ -3,25 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
-from isd.errors import UsageError
+from isd.errors import RunStopped, UsageError
+
+
+def one_line(message: object) -> str:
+    """The message with every line break and other unprintable character escaped as Python does (\\n, \\x85,
+    \\udcff...): a value typed on the command line can hold any of them, and the error must stay one line."""
+    text = str(message)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line naming the flag and where to look, not the usage dump."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def tolerant_output() -> None:
+    """stdout as stderr already is: a path typed in a non-UTF-8 encoding (undecodable bytes arrive as surrogates)
+    is printed with backslash escapes instead of raising UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def run_guarded(fn: Callable[[], int], prog: str) -> int:
+    tolerant_output()
     try:
         return fn()
     except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"{prog}: stopped: {one_line(err)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` can never be used (a name too long for the filesystem, a loop of links...), or None. A path that
+    merely does not exist yet is left to the check that needs it (a data folder, a run folder to create)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    except ValueError as err:  # a NUL byte: a YAML value can hold one, a command line cannot
+        return str(err)
+    return None

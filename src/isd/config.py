@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from isd.cli_common import path_problem
 from isd.errors import UsageError
 
 METHODS = ("isd", "isd-plus", "byol", "moco")
@@ -161,6 +163,8 @@ def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:
             close = [f for f in FIELDS if f.startswith(name[:3])]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"unknown config key '{name}' in {origin}{hint} (valid keys: {', '.join(FIELDS)})")
+        if name == "recipe" and origin == "--set":
+            raise UsageError("'recipe' is not a --set key: load a recipe with --recipe NAME (see `isd recipes`)")
         setattr(cfg, name, _coerce(name, raw))
     return cfg
 
@@ -194,6 +198,22 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise UsageError(message)
 
+    # any number first: finite floats, integers a 64-bit value holds (torch, numpy and the seeds need both)
+    flags = {"lr": "--lr / --learning_rate", "ema": "--momentum / --set ema", "temp": "--temp / --temp_s",
+             "temp_t": "--temp_t", "epochs": "--epochs", "batch_size": "--batch_size", "queue_size": "--queue_size",
+             "seed": "--seed", "num_workers": "--num_workers", "lr_decay_rate": "--lr_decay_rate",
+             "lr_decay_epochs": "--lr_decay_epochs", "weight_decay": "--weight_decay",
+             "sgd_momentum": "--sgd_momentum", "save_freq": "--save_freq", "print_freq": "--print_freq",
+             "eval_every": "--eval-every", "ckpt_every_steps": "--ckpt-every-steps",
+             "keep_checkpoints": "--keep-checkpoints"}
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        flag = flags.get(name, f"--set {name}")
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float):
+                need(math.isfinite(v), f"{name} must be a finite number ({flag}), got {v}")
+            elif isinstance(v, int) and not isinstance(v, bool):
+                need(-2**63 < v < 2**63, f"{name} must be an integer below 2**63 ({flag}), got {v}")
     need(cfg.method in METHODS, f"unknown method '{cfg.method}' (--method); choose from {', '.join(METHODS)}")
     need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (--arch); choose from {', '.join(ARCHS)}")
     need(cfg.stem in ("auto", "imagenet", "small"), f"unknown stem '{cfg.stem}'; choose auto, imagenet or small")
@@ -207,27 +227,47 @@ def validate(cfg: Config) -> None:
     need(cfg.channels_last in ("auto", "on", "off"), f"bad channels_last '{cfg.channels_last}'; choose auto, on or off")
     need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
     need(cfg.batch_size >= 2, f"--batch_size must be >= 2 (BatchNorm needs two samples), got {cfg.batch_size}")
-    need(cfg.lr > 0, f"--learning_rate must be > 0, got {cfg.lr}")
-    need(cfg.width >= 8, f"width must be >= 8, got {cfg.width}")
+    need(cfg.lr > 0, f"--lr / --learning_rate must be > 0, got {cfg.lr}")
+    need(0.0 <= cfg.sgd_momentum < 1.0, f"--sgd_momentum must be in [0, 1), got {cfg.sgd_momentum}")
+    need(cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(0.0 < cfg.lr_decay_rate <= 1.0, f"--lr_decay_rate must be in (0, 1] (lr *= rate at each decay epoch), "
+         f"got {cfg.lr_decay_rate}")
+    need(all(e >= 1 for e in cfg.lr_decay_epochs), f"--lr_decay_epochs must be epochs >= 1 (e.g. 140,180), got "
+         f"{','.join(map(str, cfg.lr_decay_epochs))}")
+    need(8 <= cfg.width <= 1024, f"width must be in [8, 1024] (64 is torchvision's ResNet), got {cfg.width}")
     need(0.0 <= cfg.ema < 1.0, f"teacher momentum (--momentum / ema) must be in [0, 1), got {cfg.ema}")
-    need(cfg.temp > 0 and cfg.teacher_temp > 0, "temperatures (--temp, --temp_s, --temp_t) must be > 0")
+    need(cfg.temp >= 1e-3 and cfg.teacher_temp >= 1e-3, f"temperatures (--temp, --temp_s, --temp_t) must be >= "
+         f"0.001 (ISD uses 0.02), got {cfg.temp} and teacher {cfg.teacher_temp}")
     need(cfg.save_freq >= 1 and cfg.print_freq >= 1, "--save_freq and --print_freq must be >= 1")
     need(cfg.ckpt_every_steps >= 0, f"--ckpt-every-steps must be >= 0 (0 = epoch ends only), got {cfg.ckpt_every_steps}")
     need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     need(cfg.on_nonfinite in ("stop", "skip"), f"unknown --on-nonfinite '{cfg.on_nonfinite}'; choose stop or skip")
-    need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
+    need(0 <= cfg.num_workers <= 256, f"--num_workers must be in [0, 256], got {cfg.num_workers}")
+    need(0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}")
+    need(cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = never), got {cfg.eval_every}")
+    need(cfg.eval_max_images >= 0, f"eval_max_images must be >= 0 (0 = all), got {cfg.eval_max_images}")
     need(0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1 if len(cfg.crop_scale) == 2 else False,
          f"crop_scale must be two numbers 0 < lo <= hi <= 1, got {cfg.crop_scale}")
-    need(cfg.image_size is None or cfg.image_size >= 8, f"image_size must be >= 8, got {cfg.image_size}")
+    need(cfg.image_size is None or 8 <= cfg.image_size <= 1024, f"image_size must be in [8, 1024], got {cfg.image_size}")
     need(0.0 <= cfg.max_bad_fraction <= 1.0, f"max_bad_fraction must be in [0, 1], got {cfg.max_bad_fraction}")
+    need(0 <= cfg.queue_size <= 2**24, f"--queue_size must be in [0, 2**24 = 16777216] (the paper's is 128000), "
+         f"got {cfg.queue_size}")
     if cfg.method in ("isd", "isd-plus", "moco"):
         need(cfg.queue_size >= cfg.batch_size and cfg.queue_size % cfg.batch_size == 0,
              f"--queue_size {cfg.queue_size} must be a multiple of the global --batch_size {cfg.batch_size} "
              f"(e.g. --queue_size {max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size})")
     if cfg.dataset in ("folder", "imagenet", "imagenet100"):
         need(bool(cfg.data), "no data folder given: pass DATA (a folder with train/ inside), or --dataset fashion-mnist")
+    need(bool(cfg.run_dir), "the run folder is empty (--run-dir / --checkpoint_path): pass a folder, e.g. runs/isd")
+    for name, flag in (("data", "DATA"), ("run_dir", "--run-dir / --checkpoint_path"),
+                       ("subset_file", "--subset-file"), ("resume", "--resume")):
+        problem = path_problem(getattr(cfg, name)) if getattr(cfg, name) else None
+        need(problem is None, f"{flag} {getattr(cfg, name)}: {problem}; pass a usable path")
     if cfg.subset_file:
         need(Path(cfg.subset_file).is_file(), f"--subset-file {cfg.subset_file} does not exist")
+    if cfg.resume and cfg.resume != "auto":
+        need(Path(cfg.resume).is_file(), f"checkpoint {cfg.resume} does not exist (--resume); pass a checkpoint "
+             f"file, or --resume auto for the newest one in the run folder")
 
 
 def save_yaml(cfg: Config, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from isd.cli_common import path_problem
 from isd.config import ARCHS, DATASETS
 from isd.data.sources import Source, load_source
-from isd.errors import UsageError
+from isd.errors import CheckpointWriteError, UsageError
 from isd.eval.checkpoints import ENCODERS, load_backbone
 from isd.train.checkpoint import atomic_save
 from isd.train.loop import resolve_device
@@ -125,10 +127,34 @@ def check_splits(train: Source, val: Source) -> None:
                          f"both splits need the same class folders")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every check of the values themselves, before the checkpoint or any image is read."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(message)
+
+    need(1 <= args.batch_size <= 65536, f"--batch-size must be in [1, 65536], got {args.batch_size}")
+    need(0 <= args.num_workers <= 256, f"--num-workers must be in [0, 256], got {args.num_workers}")
+    need(args.image_size is None or 8 <= args.image_size <= 1024,
+         f"--image-size must be in [8, 1024] (or left out), got {args.image_size}")
+    if hasattr(args, "k"):
+        need(all(1 <= k < 2**31 for k in args.k), f"-k values must be >= 1 (e.g. -k 1 20), got "
+             f"{' '.join(map(str, args.k))}")
+    if hasattr(args, "lr_schedule"):
+        need(1 <= args.epochs < 2**31, f"--epochs must be >= 1, got {args.epochs}")
+        need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
+        fraction = args.label_fraction
+        need(fraction is None or (math.isfinite(fraction) and 0 < fraction <= 1),
+             f"--label-fraction must be in (0, 1], got {fraction}")
+        need(0 <= args.seed < 2**32, f"--seed must be in [0, 2**32), got {args.seed}")
+        parse_schedule(args.lr_schedule)
+    for value, flag in ((args.ckpt, "CKPT"), (args.data, "DATA"), (args.out, "--out")):
+        problem = path_problem(value) if value else None
+        need(problem is None, f"{flag} {value}: {problem}; pass a usable path")
+
+
 def prepare(args: argparse.Namespace) -> EvalContext:
-    """Every check that needs no features: arguments, checkpoint, data splits, output folder."""
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise UsageError("--batch-size must be >= 1 and --num-workers >= 0")
+    """Every check that needs no features (after check_args): checkpoint, data splits, output folder."""
     if args.dataset in ("folder", "imagenet", "imagenet100") and not args.data:
         raise UsageError("no data folder given: pass DATA (a folder with train/ and val/ inside)")
     device = resolve_device(args.device)
@@ -172,7 +198,10 @@ def cached_features(ctx: EvalContext, source: Source, split: str, args: argparse
 
 
 def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1))
+    try:
+        path.write_text(json.dumps(obj, indent=1))
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror}); pass a writable output path") from None
 
 
 def class_counts(source: Source) -> dict[str, int]:
@@ -192,8 +221,7 @@ def run_knn(args: argparse.Namespace) -> int:
     from isd.eval.knn import knn_evaluate
 
     start = time.perf_counter()
-    if min(args.k) < 1:
-        raise UsageError(f"-k values must be >= 1, got {args.k}")
+    check_args(args)
     if args.backend == "faiss":
         try:
             import faiss  # noqa: F401
@@ -240,9 +268,12 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def parse_schedule(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        milestones = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise UsageError(f"bad --lr-schedule '{text}': expected comma-separated epochs, e.g. 15,30,40") from None
+        milestones = (0,)
+    if not all(1 <= m < 2**31 for m in milestones):
+        raise UsageError(f"bad --lr-schedule '{text}': expected comma-separated epochs >= 1, e.g. 15,30,40")
+    return milestones
 
 
 def run_linear(args: argparse.Namespace) -> int:
@@ -250,12 +281,9 @@ def run_linear(args: argparse.Namespace) -> int:
     from isd.eval.probe import balanced_label_subset, train_probe_on_features
 
     start = time.perf_counter()
+    check_args(args)
     milestones = parse_schedule(args.lr_schedule)
-    if args.epochs < 1 or args.lr <= 0:
-        raise UsageError(f"--epochs must be >= 1 and --lr > 0, got {args.epochs} and {args.lr}")
     fraction = args.label_fraction
-    if fraction is not None and not 0 < fraction <= 1:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {fraction}")
     ctx = prepare(args)
     train_x, train_y, _, train_s = cached_features(ctx, ctx.train, "train", args)
     val_x, val_y, _, val_s = cached_features(ctx, ctx.val, "val", args)
@@ -300,13 +328,23 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
+    for value, flag in ((args.ckpt, "CKPT"), (args.output, "-o")):
+        problem = path_problem(value) if value else None
+        if problem:
+            raise UsageError(f"{flag} {value}: {problem}; pass a usable path")
     out = Path(args.output) if args.output else Path(args.ckpt).resolve().parent / f"backbone_{args.encoder}.pth"
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder: pass a file name, e.g. -o {out / f'backbone_{args.encoder}.pth'}")
+    if out.suffix == ".json":
+        raise UsageError(f"-o {out}: the metadata goes to a .json beside the weights; give the weights another "
+                         f"suffix, e.g. -o {out.with_suffix('.pth')}")
+    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     try:
         atomic_save(state, out)
-    except OSError as err:
-        raise UsageError(f"cannot write {out} ({err.strerror}); pass a writable -o") from None
+    except (OSError, CheckpointWriteError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err.__context__, "strerror", None) or str(err)
+        raise UsageError(f"cannot write {out} ({reason}); pass a writable -o") from None
     meta = {**backbone_summary(info), "encoder": args.encoder, "checkpoint": str(Path(args.ckpt).resolve()),
             "torchvision_compatible": info["torchvision_compatible"], "image_size": info.get("image_size"),
             "build": f"isd.nets.build_backbone('{info['arch']}', stem='{info['stem']}', width={info['width']}, "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from isd.cli_common import OneLineParser, run_guarded
 from isd.config import ARCHS, DATASETS
+from isd.errors import UsageError
 from isd.eval.command import add_knn_args, add_linear_args, run_knn, run_linear
 
 SCRIPTS = {"eval_knn.py": ("kNN accuracy (1-NN, 20-NN)", "isd knn"),
@@ -38,13 +40,21 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
 
 
 def translate(script: str, args: argparse.Namespace) -> list[str]:
-    argv = [args.weights, args.data, "--dataset", args.dataset, "--batch-size", str(args.batch_size),
-            "--num-workers", str(args.workers)]
-    argv += ["--arch", args.arch] if args.arch else []
-    argv += ["--out", args.save] if args.save else []
+    """`isd knn|linear` arguments; values as --flag=VALUE and the paths after `--`, so a value that starts
+    with '-' stays a value."""
+    argv = [f"--dataset={args.dataset}", f"--batch-size={args.batch_size}", f"--num-workers={args.workers}"]
+    argv += [f"--arch={args.arch}"] if args.arch else []
+    argv += [f"--out={args.save}"] if args.save else []
     if script == "eval_knn.py":
-        return argv + ["-k", *map(str, args.k)]
-    return argv + ["--lr", str(args.lr), "--epochs", str(args.epochs), "--lr-schedule", args.lr_schedule]
+        argv += ["-k", *map(str, args.k)]
+    else:
+        argv += [f"--lr={args.lr!r}", f"--epochs={args.epochs}", f"--lr-schedule={args.lr_schedule}"]
+    return argv + ["--", args.weights, args.data]
+
+
+# `isd knn|linear` names in its messages -> the names this script's user typed
+OWN_NAMES = {"--num-workers": "-j/--workers", "--batch-size": "-b/--batch-size", "--out": "--save",
+             "--lr-schedule": "--lr_schedule", "CKPT": "--weights", "--arch": "-a/--arch"}
 
 
 def main(script: str, argv: list[str] | None = None) -> int:
@@ -53,7 +63,11 @@ def main(script: str, argv: list[str] | None = None) -> int:
         target = OneLineParser(prog=script)
         (add_knn_args if script == "eval_knn.py" else add_linear_args)(target)
         translated = target.parse_args(translate(script, args))
-        return (run_knn if script == "eval_knn.py" else run_linear)(translated)
+        try:
+            return (run_knn if script == "eval_knn.py" else run_linear)(translated)
+        except UsageError as err:
+            names = "|".join(re.escape(name) for name in OWN_NAMES)
+            raise UsageError(re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: OWN_NAMES[m[1]], str(err))) from None
 
     return run_guarded(run, script)
 
