@@ -283,6 +283,30 @@ def test_one_process_checkpoint_resumes_in_two(tmp_path):
     assert load_rank(tmp_path, 1)["world"] == 2
 
 
+def test_torchrun_cli_on_cpu_trains_and_its_checkpoint_evaluates(tmp_path):
+    """The issue's "done means": `torchrun --nproc_per_node 2 -m isd train ...` on CPU, then `isd knn` on it."""
+    sys.path.insert(0, str(HERE.parent))
+    from conftest import write_image_folder
+    write_image_folder(tmp_path / "data" / "train", classes=2, per_class=8, size=36)
+    write_image_folder(tmp_path / "data" / "val", classes=2, per_class=3, size=36, seed=1)
+    run_dir = tmp_path / "run"
+    train = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port()), "-m", "isd", "train", "--method", "isd", str(tmp_path / "data"),
+             "--run-dir", str(run_dir), "--epochs", "2", "--batch-size", "8", "--queue-size", "16",
+             "--num-workers", "0", "--device", "cpu", "--set", "width=8", "--set", "stem=small",
+             "--set", "image_size=32"]
+    trained = checked(subprocess.run(train, cwd=ROOT, env=worker_env(), capture_output=True, text=True,
+                                     timeout=180))
+    assert "2 process(es)" in trained.stdout + trained.stderr
+    knn = [sys.executable, "-m", "isd", "knn", str(run_dir / "ckpt_last.pth"), str(tmp_path / "data"),
+           "--out", str(tmp_path / "eval"), "--num-workers", "0", "--batch-size", "8"]
+    checked(subprocess.run(knn, cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=180))
+    result = json.loads((tmp_path / "eval" / "knn.json").read_text())
+    assert torch.load(run_dir / "ckpt_last.pth", weights_only=False)["epoch"] == 2
+    assert set(result["top1"]) == {"1", "16"} and (result["counts"]["train"], result["counts"]["val"]) == (16, 6)
+    assert all(0 <= acc <= 100 for acc in result["top1"].values())
+
+
 def test_failing_rank_ends_the_job(tmp_path):
     start = time.monotonic()
     proc = launch(tmp_path, "train", 2, timeout=90, env={"ISD_TEST_FAIL_RANK": "1"}, out=str(tmp_path),
