@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from conftest import ROOT, TINY, write_image_folder
+from conftest import ROOT, write_image_folder
 from isd.cli import main
 from isd.legacy import main as legacy_main
 

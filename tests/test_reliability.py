@@ -207,7 +207,6 @@ def test_nonfinite_teacher_weight_is_named():
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_says_so(image_root, tmp_path, monkeypatch, capsys):
-    values = tiny_values(image_root, tmp_path, epochs=2)
     real, calls = torch.save, []
 
     def save_until_full(obj, fh, *args, **kwargs):

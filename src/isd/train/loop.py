@@ -274,7 +274,7 @@ class EpochRunner:
         bar.set_postfix(loss=f"{values['loss']:.4f}", ips=f"{values['images_per_s']:.0f}")
 
     def save(self, epoch: int, done: int) -> None:
-        """Rank 0 writes; `done` == steps is an epoch end (stored as step 0 of the next epoch's start)."""
+        """Rank 0 writes. `done` == steps is an epoch end, stored as step_in_epoch 0 (the original's meaning)."""
         setup = self.setup
         self.guard.check(epoch, self.lr)  # never save a poisoned state
         if setup.rank != 0:
