@@ -17,7 +17,7 @@ import isd.data.decode as decode
 from conftest import single_thread, tiny_values, write_image_folder
 from isd.config import build_config
 from isd.data.decode import BACKGROUND, open_rgb
-from isd.data.loaders import ignore_signals
+from isd.train.preemption import ignore_stop_signals
 from isd.data.sources import image_folder
 from isd.errors import UsageError
 from isd.train.loop import train
@@ -217,7 +217,7 @@ def test_workers_ignore_the_stop_signals():
         def __getitem__(self, _):
             return [signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
 
-    loader = torch.utils.data.DataLoader(Handlers(), num_workers=1, worker_init_fn=ignore_signals,
+    loader = torch.utils.data.DataLoader(Handlers(), num_workers=1, worker_init_fn=ignore_stop_signals,
                                          collate_fn=lambda batch: batch[0])
     assert next(iter(loader)) == [True, True, True]
 

@@ -6,7 +6,6 @@ every augmentation are the same after a resume and for any number of workers or 
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,6 +20,7 @@ from isd.data.decode import open_rgb
 from isd.data.sources import Source
 from isd.data.views import eval_transform, train_transform
 from isd.errors import UsageError
+from isd.train.preemption import ignore_stop_signals
 
 
 MAX_REPLACEMENT_TRIES = 64
@@ -84,14 +84,6 @@ class TwoViewFiles(Dataset):
         return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
 
 
-def ignore_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C, SIGTERM and SIGUSR1 to the main process, which checkpoints and stops:
-    a worker killed by the terminal's Ctrl-C (sent to the whole process group) would crash the main process."""
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-        if hasattr(signal, name):  # no SIGUSR1 on Windows
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
 def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int]]:
     keys, queries, labels, bad = zip(*samples)
     return torch.stack(keys), torch.stack(queries), torch.tensor(labels), [b for b in bad if b >= 0]
@@ -106,7 +98,7 @@ class FileLoader:
         self.source, self.device = source, device
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
-                                 num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=ignore_signals,
+                                 num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=ignore_stop_signals,
                                  pin_memory=device.type == "cuda", persistent_workers=False,
                                  prefetch_factor=4 if cfg.num_workers > 0 else None)
 

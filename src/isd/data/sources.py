@@ -97,8 +97,9 @@ def _list_images(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, in
 
     make_dataset walks with followlinks=True, so a link to a parent folder repeats the class's images once per
     level until the kernel's limit of 40 links in a path, and two such links in a folder make that 2**40 paths.
-    Here such a link is not entered. Folders that cannot be listed are logged and skipped; files are listed whatever their size or
-    permissions: the loader counts the unreadable ones as bad and lists them in the run folder.
+    Here such a link is not entered. Folders that cannot be listed are logged and skipped; files are listed
+    whatever their size or permissions: the loader counts the unreadable ones as bad and lists them in the
+    run folder.
     """
     samples, unlistable = [], []
     root_id = _folder_id(str(root))

@@ -59,9 +59,19 @@ def atomic_save(obj: Any, path: Path) -> None:
     """Temporary file in the same folder, fsync, rename, then a `sha256sum -c` sidecar: a crash never leaves
     half a file under the real name, and later corruption is caught on load. A failed write (disk full)
     raises CheckpointWriteError and leaves every earlier checkpoint as it was."""
+    _write_checked(path, lambda fh: torch.save(obj, fh))
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """A second name for a checkpoint just written (ckpt_epoch_N.pth): its bytes, not a second serialisation."""
+    with open(src, "rb") as data:
+        _write_checked(dst, lambda fh: shutil.copyfileobj(data, fh, 1 << 22))
+
+
+def _write_checked(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_atomic(path, lambda fh: torch.save(obj, fh))
+        _write_atomic(path, write)
         line = file_sha256(path).encode() + b"  " + os.fsencode(path.name) + b"\n"  # any file name, as sha256sum
         _write_atomic(checksum_path(path), lambda fh: fh.write(line))
     except OSError as err:

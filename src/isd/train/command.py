@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from isd.config import METHODS, ARCHS, DATASETS, build_config, recipe_description, recipe_names
+from isd.config import ARCHS, DATASETS, FIELDS, METHODS, build_config, recipe_description, recipe_names
 
 
 def register(sub) -> None:
@@ -49,10 +49,8 @@ def register(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    names = ("method", "arch", "dataset", "subset_file", "epochs", "batch_size", "lr", "queue_size", "augmentation",
-             "run_dir", "resume", "ckpt_every_steps", "keep_checkpoints", "on_nonfinite", "num_workers", "device",
-             "seed", "eval_every", "data")
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    # every flag named like a config key is one; --recipe and --set are applied by build_config itself
+    values = {n: v for n, v in vars(args).items() if n in FIELDS and n != "recipe" and v is not None}
     return build_config(args.recipe, values, args.set)
 
 

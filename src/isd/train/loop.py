@@ -282,9 +282,9 @@ class EpochRunner:
         step_in_epoch = 0 if done == self.steps else done
         state = ck.make_checkpoint(setup.cfg, setup.model, setup.optimizer, epoch, step_in_epoch)
         global_step = (epoch - 1) * self.steps + done
-        ck.save_rolling(state, setup.run_dir, global_step, setup.cfg.keep_checkpoints)
+        path = ck.save_rolling(state, setup.run_dir, global_step, setup.cfg.keep_checkpoints)
         if step_in_epoch == 0 and (epoch % setup.cfg.save_freq == 0 or epoch == setup.cfg.epochs):
-            ck.atomic_save(state, setup.run_dir / ck.epoch_name(epoch))
+            ck.copy_checkpoint(path, setup.run_dir / ck.epoch_name(epoch))
 
     def preempted(self, epoch: int, done: int) -> Preempted:
         where = f"epoch {epoch}, step {done}/{self.steps}" if done < self.steps else f"the end of epoch {epoch}"
