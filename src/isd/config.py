@@ -14,7 +14,7 @@ import yaml
 from isd.cli_common import path_problem
 from isd.errors import UsageError
 
-METHODS = ("isd", "isd-plus", "byol", "moco")
+METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 AUGMENTATIONS = ("weak", "strong")
 DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "cifar10", "cifar100")
@@ -34,6 +34,12 @@ class Config:
     image_size: int | None = None  # None: 224 for folders, native size for 28-32 px sets
     augmentation: str = "strong/strong"  # KEY(teacher)/QUERY(student)
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    blur_prob: float = 0.5  # probability of the strong recipe's Gaussian blur (0 = no blur)
+    holdout: int = 0  # train images held out as a validation split (never trained on; for tuning)
+    common_classes: int = 0  # unbalanced data: this many classes keep all images (0 = balanced) ...
+    rare_per_class: int = 500  # ... the others keep this many
+    draw: int = 1  # which classes are common and which images the rare ones keep
+    max_train_images: int = 0  # train on a fixed seeded subset of N images (0 = all)
     num_workers: int = 8
     # optimisation
     epochs: int = 200
@@ -249,6 +255,10 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1 if len(cfg.crop_scale) == 2 else False,
          f"crop_scale must be two numbers 0 < lo <= hi <= 1, got {cfg.crop_scale}")
     need(cfg.image_size is None or 8 <= cfg.image_size <= 1024, f"image_size must be in [8, 1024], got {cfg.image_size}")
+    need(0.0 <= cfg.blur_prob <= 1.0, f"blur_prob must be in [0, 1], got {cfg.blur_prob}")
+    for name in ("holdout", "common_classes", "max_train_images"):
+        need(getattr(cfg, name) >= 0, f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
+    need(cfg.rare_per_class >= 1, f"rare_per_class must be >= 1, got {cfg.rare_per_class}")
     need(0.0 <= cfg.max_bad_fraction <= 1.0, f"max_bad_fraction must be in [0, 1], got {cfg.max_bad_fraction}")
     need(0 <= cfg.queue_size <= 2**24, f"--queue_size must be in [0, 2**24 = 16777216] (the paper's is 128000), "
          f"got {cfg.queue_size}")

@@ -221,6 +221,8 @@ def random_gaussian_blur(
     sigma: tuple[float, float] = (0.1, 2.0),
     generator: torch.Generator | None = None,
 ) -> Tensor:
+    if p <= 0:
+        return x
     b, dev = x.shape[0], x.device
     chosen = (_rand(b, generator=generator, device=dev) < p).view(b, 1, 1, 1)
     sigmas = _uniform(sigma[0], sigma[1], b, generator, dev)
@@ -248,11 +250,13 @@ class BatchAugment(torch.nn.Module):
         std: Sequence[float],
         scale: tuple[float, float] = (0.2, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        blur_prob: float = 0.5,
     ) -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {RECIPES}")
         self.recipe, self.size, self.scale, self.ratio = recipe, size, tuple(scale), tuple(ratio)
+        self.blur_prob = blur_prob
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -273,7 +277,7 @@ class BatchAugment(torch.nn.Module):
             if self.recipe == "strong":
                 x = color_jitter(x, generator=generator)
                 x = random_grayscale(x, generator=generator)
-                x = random_gaussian_blur(x, generator=generator)
+                x = random_gaussian_blur(x, p=self.blur_prob, generator=generator)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 

@@ -93,8 +93,8 @@ class FileLoader:
     """Decodes and augments image files in DataLoader workers (ImageNet-style folders)."""
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
-        key_t = train_transform(cfg.key_aug, size, source.mean, source.std, cfg.crop_scale)
-        query_t = train_transform(cfg.query_aug, size, source.mean, source.std, cfg.crop_scale)
+        key_t = train_transform(cfg.key_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
+        query_t = train_transform(cfg.query_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
         self.source, self.device = source, device
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
@@ -118,8 +118,10 @@ class TensorLoader:
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         self.images = source.images.to(device)
         self.targets = source.targets.to(device)
-        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale))
-        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale))
+        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                    blur_prob=cfg.blur_prob)
+        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                      blur_prob=cfg.blur_prob)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.device = device
 

@@ -6,6 +6,7 @@ held in memory (28-32 px sets, augmented a whole batch at a time).
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import os
@@ -51,6 +52,16 @@ class Source:
     @property
     def channels(self) -> int:
         return self.images.shape[1] if self.images is not None else 3
+
+    def take(self, indices: torch.Tensor) -> "Source":
+        """The same source restricted to `indices` (in that order)."""
+        picked = copy.copy(self)
+        picked.targets = self.targets[indices]
+        if self.images is not None:
+            picked.images = self.images[indices]
+        else:
+            picked.files = [self.files[int(i)] for i in indices]
+        return picked
 
 
 def load_source(dataset: str, data: str, split: str = "train", subset_file: str | None = None) -> Source:

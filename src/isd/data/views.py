@@ -21,7 +21,7 @@ class PILGaussianBlur:
         return f"PILGaussianBlur(sigma={self.sigma})"
 
 
-def train_transform(recipe: str, size: int, mean, std, scale=(0.2, 1.0)) -> T.Compose:
+def train_transform(recipe: str, size: int, mean, std, scale=(0.2, 1.0), blur_prob: float = 0.5) -> T.Compose:
     crop = T.RandomResizedCrop(size, scale=tuple(scale))
     finish = [T.ToTensor(), T.Normalize(mean, std)]
     if recipe == "weak":
@@ -30,7 +30,7 @@ def train_transform(recipe: str, size: int, mean, std, scale=(0.2, 1.0)) -> T.Co
         crop,
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
-        T.RandomApply([PILGaussianBlur()], p=0.5),
+        T.RandomApply([PILGaussianBlur()], p=blur_prob),
         T.RandomHorizontalFlip(),
         *finish,
     ])

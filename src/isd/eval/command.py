@@ -277,7 +277,6 @@ def parse_schedule(text: str) -> tuple[int, ...]:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from isd.eval.features import subset
     from isd.eval.probe import balanced_label_subset, train_probe_on_features
 
     start = time.perf_counter()
@@ -293,7 +292,7 @@ def run_linear(args: argparse.Namespace) -> int:
         write_json(ctx.out / f"label_indices_{fraction:g}.json",
                    {"fraction": fraction, "seed": args.seed, "count": len(picked), "indices": picked.tolist()})
         train_x, train_y = train_x[picked.to(train_x.device)], train_y[picked.to(train_y.device)]
-        train_source = subset(ctx.train, picked)
+        train_source = ctx.train.take(picked)
     num_classes = len(ctx.train.classes)
     common = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size, seed=args.seed)
     if args.fast:

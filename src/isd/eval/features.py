@@ -40,7 +40,7 @@ def extract_features(net: nn.Module, source: Source, size: int, device: torch.de
     net.eval()
     feats, labels = [], []
     if indices is not None:
-        source = subset(source, indices)
+        source = source.take(indices)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for images, targets in eval_batches(source, size, batch_size, device, num_workers):
         with autocast:
@@ -51,16 +51,6 @@ def extract_features(net: nn.Module, source: Source, size: int, device: torch.de
             progress.update(len(targets))
     net.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
-
-def subset(source: Source, indices: Tensor) -> Source:
-    picked = copy.copy(source)
-    picked.targets = source.targets[indices]
-    if source.images is not None:
-        picked.images = source.images[indices]
-    else:
-        picked.files = [source.files[int(i)] for i in indices]
-    return picked
 
 
 def seeded_subset(n: int, limit: int, seed: int) -> Tensor | None:

@@ -96,7 +96,7 @@ def weighted_knn(
     return scores.argmax(dim=1)
 
 
-def _per_class_accuracy(correct: Tensor, labels: Tensor, num_classes: int) -> list[float | None]:
+def per_class_accuracy(correct: Tensor, labels: Tensor, num_classes: int) -> list[float | None]:
     hits = torch.bincount(labels, weights=correct.double(), minlength=num_classes)
     totals = torch.bincount(labels, minlength=num_classes)
     return [100.0 * h / t if t else None for h, t in zip(hits.tolist(), totals.tolist())]
@@ -141,7 +141,7 @@ def knn_evaluate(
     for k in ks:
         correct = majority_vote(neighbour_labels[:, :k], num_classes) == test_labels
         result["top1"][str(k)] = 100.0 * correct.double().mean().item()
-        result["per_class"][str(k)] = _per_class_accuracy(correct, test_labels, num_classes)
+        result["per_class"][str(k)] = per_class_accuracy(correct, test_labels, num_classes)
     if weighted_k:
         pred = weighted_knn(sims[:, :weighted_k], neighbour_labels[:, :weighted_k], num_classes, temperature)
         acc = 100.0 * (pred == test_labels).double().mean().item()

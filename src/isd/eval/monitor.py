@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from isd.data.sources import load_source
+from isd.data.splits import evaluation_sets
 from isd.errors import UsageError
 from isd.eval.features import extract_features, seeded_subset, teacher_with_student_bn
 from isd.eval.knn import knn_evaluate
@@ -14,10 +15,17 @@ from isd.eval.knn import knn_evaluate
 def knn_monitor(cfg, ks=(1, 20)):
     """Checks the held-out split now (before any compute) and returns the on_epoch_end hook."""
     try:
-        val = load_source(cfg.dataset, cfg.data, "val", None)
+        bank_set, val = evaluation_sets(cfg)  # the holdout when there is one, else the val split
     except UsageError as err:
         raise UsageError(f"--eval-every needs a labelled val split: {err}") from None
-    state: dict = {"history": []}
+    state: dict = {"history": [], "started": time.perf_counter()}
+    earlier = Path(cfg.run_dir) / "knn_history.json"
+    if cfg.resume and earlier.is_file():  # a resumed run continues its curves
+        try:
+            state["history"] = json.loads(earlier.read_text())
+            state["started"] -= state["history"][-1].get("seconds", 0.0) if state["history"] else 0.0
+        except (OSError, ValueError):
+            state["history"] = []
 
     def hook(setup, epoch: int, runlog) -> dict | None:
         if epoch % cfg.eval_every and epoch != cfg.epochs:
@@ -25,24 +33,25 @@ def knn_monitor(cfg, ks=(1, 20)):
         if setup.rank != 0:
             return None
         model = setup.model
-        train_pick = seeded_subset(len(setup.source), cfg.eval_max_images, cfg.seed)
+        train_pick = seeded_subset(len(bank_set), cfg.eval_max_images, cfg.seed)
         val_pick = seeded_subset(len(val), cfg.eval_max_images, cfg.seed + 1)
-        row = {"epoch": epoch}
-        encoders = {"student": model.encoder_q,
-                    "teacher": teacher_with_student_bn(model.encoder_k, model.encoder_q)}
+        row: dict = {"epoch": epoch, "seconds": round(time.perf_counter() - state["started"], 1)}
+        encoders = {"student": model.encoder_q}
+        if hasattr(model, "encoder_k"):
+            encoders["teacher"] = teacher_with_student_bn(model.encoder_k, model.encoder_q)
         for name, net in encoders.items():
-            bank, bank_y = extract_features(net, setup.source, setup.size, setup.device,
+            bank, bank_y = extract_features(net, bank_set, setup.size, setup.device,
                                             num_workers=cfg.num_workers, indices=train_pick)
             query, query_y = extract_features(net, val, setup.size, setup.device,
                                               num_workers=cfg.num_workers, indices=val_pick)
             usable = {k: min(k, len(bank)) for k in ks}  # a tiny bank: 20-NN becomes all-NN
             result = knn_evaluate(bank, bank_y, query, query_y, ks=tuple(sorted(set(usable.values()))),
-                                  num_classes=len(setup.source.classes))
+                                  num_classes=len(bank_set.classes))
             for k in ks:
                 row[f"{name}_{k}nn"] = result["top1"][str(usable[k])]
-        state["history"].append(row)
+        state["history"] = [r for r in state["history"] if r["epoch"] < epoch] + [row]
         runlog.record("eval", epoch, row)
-        runlog.say(f"epoch {epoch} kNN: " + "  ".join(f"{k} {v:.2f}%" for k, v in row.items() if k != "epoch"))
+        runlog.say(f"epoch {epoch} kNN: " + "  ".join(f"{k} {v:.2f}%" for k, v in row.items() if k.endswith("nn")))
         (Path(setup.run_dir) / "knn_history.json").write_text(json.dumps(state["history"], indent=1))
         plot_curves(state["history"], Path(setup.run_dir) / "curves.png")
         return row
@@ -59,7 +68,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
-    for key in sorted(k for k in history[0] if k != "epoch"):
+    for key in sorted(k for k in history[0] if k.endswith("nn")):
         ax.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN accuracy (%)")

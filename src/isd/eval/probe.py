@@ -86,7 +86,8 @@ def train_probe_on_features(
 
     SGD(lr, momentum, weight_decay) on the linear layer, MultiStepLR(gamma 0.1) stepped after each epoch,
     shuffled mini-batches (last one partial) from a seeded generator. Epochs in the result are 1-based.
-    Returns {"best_top1", "best_top5", "best_epoch", "history", "state_dict"} (state_dict on CPU).
+    Returns {"best_top1", "best_top5", "best_epoch", "history", "state_dict"} (state_dict on CPU) and "final":
+    the last epoch's top-1, top-5 and val predictions (a number chosen without looking at the val set).
     """
     device = train_x.device
     generator = torch.Generator().manual_seed(seed)
@@ -130,7 +131,8 @@ def train_probe_on_features(
         if acc[1] > best["best_top1"]:
             best = {"best_top1": acc[1], "best_top5": acc[5], "best_epoch": epoch,
                     "state_dict": {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}}
-    return {**best, "history": history}
+    final = {"top1": history[-1]["top1"], "top5": history[-1]["top5"], "predictions": logits.argmax(dim=1).cpu()}
+    return {**best, "history": history, "final": final}
 
 
 def balanced_label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from isd.methods.byol import BYOL
 from isd.methods.isd import ISD, ISDPlus
 from isd.methods.moco import MoCo
 from isd.methods.momentum import MomentumMethod
+from isd.methods.supervised import Supervised
 from isd.nets import build_backbone, feature_dim
 
 METHOD_CLASSES = {"isd": ISD, "isd-plus": ISDPlus, "byol": BYOL, "moco": MoCo}
 
 
-def build_method(cfg, in_channels: int = 3, stem: str = "imagenet") -> MomentumMethod:
+def build_method(cfg, in_channels: int = 3, stem: str = "imagenet", num_classes: int = 1000) -> nn.Module:
+    """The training model of cfg.method; `num_classes` matters only to the supervised baseline."""
     backbone = build_backbone(cfg.arch, stem=stem, width=cfg.width, in_channels=in_channels)
+    if cfg.method == "supervised":
+        return Supervised(backbone, feature_dim(cfg.arch, cfg.width), cfg, num_classes)
     return METHOD_CLASSES[cfg.method](backbone, feature_dim(cfg.arch, cfg.width), cfg)
 
 
-__all__ = ["build_method", "METHOD_CLASSES", "MomentumMethod", "ISD", "ISDPlus", "BYOL", "MoCo"]
+__all__ = ["build_method", "METHOD_CLASSES", "MomentumMethod", "ISD", "ISDPlus", "BYOL", "MoCo", "Supervised"]

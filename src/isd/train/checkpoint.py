@@ -42,7 +42,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -71,9 +71,9 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 def _write_checked(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_atomic(path, write)
+        write_atomic(path, write)
         line = file_sha256(path).encode() + b"  " + os.fsencode(path.name) + b"\n"  # any file name, as sha256sum
-        _write_atomic(checksum_path(path), lambda fh: fh.write(line))
+        write_atomic(checksum_path(path), lambda fh: fh.write(line))
     except OSError as err:
         reason = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
         earlier = [p.name for p in checkpoints_newest_first(path.parent) if p != path]

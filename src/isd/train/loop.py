@@ -17,6 +17,7 @@ from torch import Tensor
 from isd.config import Config, save_yaml
 from isd.data.loaders import build_loader
 from isd.data.sources import Source, load_source
+from isd.data.splits import training_images
 from isd.errors import Preempted, UsageError
 from isd.methods import build_method
 from isd.train import checkpoint as ck
@@ -87,7 +88,7 @@ def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
     if cfg.batch_size % world:
         raise UsageError(f"--batch_size {cfg.batch_size} (global) must be divisible by the {world} processes")
     run_dir = prepare_run_dir(cfg.run_dir)
-    source = load_source(cfg.dataset, cfg.data, "train", cfg.subset_file)
+    source = training_images(load_source(cfg.dataset, cfg.data, "train", cfg.subset_file), cfg)
     if len(source) < cfg.batch_size:
         raise UsageError(f"--batch_size {cfg.batch_size} is larger than the dataset ({len(source)} images in "
                          f"{source.name}); use --batch_size {max(2, len(source) // 2)} or more data")
@@ -95,7 +96,7 @@ def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_method(cfg, in_channels=source.channels, stem=stem)
+    model = build_method(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if device.type == "cpu" and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):

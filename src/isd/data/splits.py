@@ -1,0 +1,93 @@
+"""Which images a run trains on and which it is evaluated on.
+
+- `holdout N`: a validation split of N images carved from the train split. Training never sees them; tuning
+  evaluates on them (bank = the rest of train), so the test split is only used for final numbers.
+- `common_classes C` (+ `rare_per_class R`, `draw D`): the paper's unbalanced protocol. C classes keep every
+  image, every other class keeps R of them; draw D picks which.
+- `max_train_images M`: a seeded subset of M training images, for quick runs.
+
+Each choice has its own fixed seed, independent of the run's seed: every method and seed of an experiment
+sees the same images, and the holdout never moves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from isd.data.sources import Source, load_source
+from isd.errors import UsageError
+
+HOLDOUT_SEED = 1_000_003
+DRAW_SEED = 2_000_003
+CAP_SEED = 3_000_017
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def holdout_split(n: int, count: int) -> tuple[Tensor, Tensor]:
+    """(kept, held out): sorted indices; the same `count` images for every run on a set of size n."""
+    if not 0 < count < n:
+        raise UsageError(f"holdout={count} must be between 1 and {n - 1} (the train split has {n} images)")
+    order = torch.randperm(n, generator=_generator(HOLDOUT_SEED, n))
+    return order[count:].sort().values, order[:count].sort().values
+
+
+def common_class_ids(num_classes: int, common: int, draw: int) -> list[int]:
+    """The classes that keep all their images under draw `draw`."""
+    if not 0 < common < num_classes:
+        raise UsageError(f"common_classes={common} must be between 1 and {num_classes - 1} (the data has "
+                         f"{num_classes} classes)")
+    return sorted(torch.randperm(num_classes, generator=_generator(DRAW_SEED, draw))[:common].tolist())
+
+
+def unbalanced_subset(targets: Tensor, num_classes: int, common: int, rare_per_class: int, draw: int) -> Tensor:
+    """Sorted indices: the common classes keep all their images, every other class `rare_per_class` of them."""
+    kept_classes = common_class_ids(num_classes, common, draw)
+    gen = _generator(DRAW_SEED, draw, 1)
+    chosen = []
+    for c in range(num_classes):
+        members = (targets == c).nonzero().squeeze(1)
+        if c not in kept_classes:
+            members = members[torch.randperm(len(members), generator=gen)[:rare_per_class]]
+        chosen.append(members)
+    return torch.cat(chosen).sort().values
+
+
+def capped(n: int, limit: int) -> Tensor | None:
+    if not limit or limit >= n:
+        return None
+    return torch.randperm(n, generator=_generator(CAP_SEED, n))[:limit].sort().values
+
+
+def without_holdout(source: Source, cfg) -> Source:
+    return source.take(holdout_split(len(source), cfg.holdout)[0]) if cfg.holdout else source
+
+
+def training_images(source: Source, cfg) -> Source:
+    """The train split as a run sees it: holdout removed, then the unbalanced subset, then the cap."""
+    source = without_holdout(source, cfg)
+    if cfg.common_classes:
+        picked = unbalanced_subset(source.targets, len(source.classes), cfg.common_classes,
+                                      cfg.rare_per_class, cfg.draw)
+        source = source.take(picked)
+    picked = capped(len(source), cfg.max_train_images)
+    return source if picked is None else source.take(picked)
+
+
+def evaluation_sets(cfg, queries: str = "auto") -> tuple[Source, Source]:
+    """(bank, queries) for kNN and the probe: the balanced train split (without the holdout) against the
+    holdout (`queries` = holdout, or auto with a holdout) or the labelled val/test split."""
+    train = load_source(cfg.dataset, cfg.data, "train", cfg.subset_file)
+    use_holdout = queries == "holdout" or (queries == "auto" and cfg.holdout > 0)
+    if use_holdout:
+        if not cfg.holdout:
+            raise UsageError("evaluating on the holdout needs holdout=N (a count of train images to hold out)")
+        kept, held = holdout_split(len(train), cfg.holdout)
+        return train.take(kept), train.take(held)
+    val = load_source(cfg.dataset, cfg.data, "val", cfg.subset_file)
+    return without_holdout(train, cfg), val

@@ -1,0 +1,173 @@
+"""Experiment plans: YAML data naming a grid of cells (method x seed x draw) and the budgets to run it at.
+
+A plan (shipped in `isd/plans/NAME.yaml`, or any YAML file) has:
+
+    description: what the grid shows
+    queries: test | holdout        # what the kNN queries and the probe's val set are
+    set: {key: value}              # config values for every cell (optional)
+    methods:                       # one entry per row of the table
+      NAME: {recipe: R, set: {..}, floor: raw-pixels | random-init, seeds: [..]}
+    seeds: [0, 1, 2]
+    draws: [1, 2]                  # optional: unbalanced draws (config key `draw`)
+    budgets:
+      NAME: {about: text, seeds: [..], draws: [..], set: {..}}
+
+A cell's config: the method's recipe, then the plan's `set`, the method's `set`, the budget's `set`, and last
+its seed, draw and run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from isd.config import Config, build_config
+from isd.errors import UsageError
+
+FLOORS = ("raw-pixels", "random-init")
+BUDGETS = ("smoke", "cpu", "gpu", "full")
+
+
+@dataclass
+class Cell:
+    plan: str
+    budget: str
+    method: str  # the row name in the plan (a method, a variant of one, or a floor)
+    seed: int
+    draw: int | None
+    recipe: str | None
+    floor: str | None
+    values: dict[str, Any] = field(default_factory=dict)  # config values after the recipe, in order
+
+    @property
+    def name(self) -> str:
+        draw = f"-draw{self.draw}" if self.draw is not None else ""
+        return f"{self.method}{draw}-seed{self.seed}"
+
+    def labels(self) -> dict[str, str]:
+        return {"method": self.method, "seed": str(self.seed), "draw": "" if self.draw is None else str(self.draw),
+                "name": self.name}
+
+    def config(self, run_dir: Path, data: str = "") -> Config:
+        values = dict(self.values)
+        if data:
+            values["data"] = data
+        values.update(seed=self.seed, run_dir=str(run_dir))
+        if self.draw is not None:
+            values["draw"] = self.draw
+        return build_config(self.recipe, values)
+
+
+@dataclass
+class Plan:
+    name: str
+    description: str
+    queries: str
+    methods: dict[str, dict[str, Any]]
+    seeds: list[int]
+    draws: list[int] | None
+    budgets: dict[str, dict[str, Any]]
+    common: dict[str, Any]
+
+    def budget(self, name: str) -> dict[str, Any]:
+        if name not in self.budgets:
+            raise UsageError(f"plan '{self.name}' has no budget '{name}' (--budget); it has: "
+                             f"{', '.join(self.budgets)}")
+        return self.budgets[name]
+
+    def cells(self, budget: str) -> list[Cell]:
+        """Every cell of the grid at `budget`, seeds outermost: a partial run fills whole seeds first."""
+        spec = self.budget(budget)
+        seeds = spec.get("seeds", self.seeds)
+        draws = spec.get("draws", self.draws) or [None]
+        out = []
+        for seed in seeds:
+            for draw in draws:
+                for method, entry in self.methods.items():
+                    if seed not in entry.get("seeds", seeds):
+                        continue
+                    values = {**self.common, **entry.get("set", {}), **spec.get("set", {})}
+                    out.append(Cell(self.name, budget, method, int(seed), draw, entry.get("recipe"),
+                                    entry.get("floor"), values))
+        return out
+
+
+def plan_names() -> list[str]:
+    folder = resources.files("isd") / "plans"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_plan(name_or_path: str) -> Plan:
+    """A shipped plan by name, or a YAML file by path; checked whole before anything runs."""
+    path = Path(name_or_path)
+    if name_or_path in plan_names():
+        text, name = (resources.files("isd") / "plans" / f"{name_or_path}.yaml").read_text(), name_or_path
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text, name = path.read_text(), path.stem
+    else:
+        raise UsageError(f"unknown plan '{name_or_path}' (PLAN): use one of {', '.join(plan_names())} or a "
+                         f"path to a plan .yaml file")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"plan {name_or_path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    plan = _from_dict(name, raw, name_or_path)
+    _check(plan, name_or_path)
+    return plan
+
+
+def _from_dict(name: str, raw: Any, origin: str) -> Plan:
+    if not isinstance(raw, dict) or not isinstance(raw.get("methods"), dict) or not raw["methods"]:
+        raise UsageError(f"plan {origin} needs a 'methods' mapping (NAME: {{recipe: ...}})")
+    unknown = sorted(set(raw) - {"description", "queries", "set", "methods", "seeds", "draws", "budgets"})
+    if unknown:
+        raise UsageError(f"plan {origin}: unknown keys {unknown}")
+    methods = {str(k): (v or {}) for k, v in raw["methods"].items()}
+    return Plan(name=name, description=str(raw.get("description", "")).strip(), queries=raw.get("queries", "test"),
+                methods=methods, seeds=[int(s) for s in raw.get("seeds", [0])],
+                draws=[int(d) for d in raw["draws"]] if raw.get("draws") else None,
+                budgets={str(k): (v or {}) for k, v in (raw.get("budgets") or {}).items()},
+                common=dict(raw.get("set") or {}))
+
+
+def _check(plan: Plan, origin: str) -> None:
+    """Resolve every cell's config once, so a typo in any cell fails now, naming the plan, budget and cell."""
+    if plan.queries not in ("test", "holdout"):
+        raise UsageError(f"plan {origin}: queries must be test or holdout, got {plan.queries!r}")
+    if not plan.budgets:
+        raise UsageError(f"plan {origin} has no budgets (e.g. budgets: {{smoke: {{set: {{epochs: 1}}}}}})")
+    for name, entry in plan.methods.items():
+        unknown = sorted(set(entry) - {"recipe", "set", "floor", "seeds"})
+        if unknown:
+            raise UsageError(f"plan {origin}, method '{name}': unknown keys {unknown} (use recipe, set, floor, seeds)")
+        if entry.get("floor") not in (None, *FLOORS):
+            raise UsageError(f"plan {origin}, method '{name}': floor must be one of {', '.join(FLOORS)}")
+    for budget in plan.budgets:
+        for cell in plan.cells(budget):
+            try:
+                cell.config(Path("runs/check"), data="check")
+            except UsageError as err:
+                raise UsageError(f"plan {origin}, budget '{budget}', cell {cell.name}: {err}") from None
+
+
+def select(cells: list[Cell], only: str | None = None, shard: str | None = None) -> list[Cell]:
+    """`only` = 'method=isd,seed=1' keeps the matching cells; `shard` = 'i/n' keeps every n-th from the i-th."""
+    if only:
+        wanted: dict[str, set[str]] = {}
+        for part in only.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in ("method", "seed", "draw", "name"):
+                raise UsageError(f"--only {only}: expected KEY=VALUE pairs with keys method, seed, draw, name "
+                                 f"(e.g. --only method=isd,seed=1)")
+            wanted.setdefault(key.strip(), set()).add(value.strip())
+        cells = [c for c in cells if all(c.labels()[k] in v for k, v in wanted.items())]
+    if shard:
+        index, sep, count = shard.partition("/")
+        if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+            raise UsageError(f"--shard {shard}: expected I/N with 1 <= I <= N (e.g. --shard 2/5)")
+        cells = cells[int(index) - 1::int(count)]
+    return cells

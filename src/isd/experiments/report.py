@@ -1,0 +1,348 @@
+"""`isd report`: markdown tables and PNG charts from the result.json files of experiment folders.
+
+The tables are a pure function of the result files (sorted, rounded, no timestamps), so the README's results
+section can be checked against what this module makes of the committed files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from isd.errors import UsageError
+
+NAMES = {"isd": "ISD", "isd-plus": "ISD+", "byol": "BYOL-asym", "moco": "MoCo-v2",
+         "supervised": "supervised (ceiling)", "random-init": "random init (floor)", "raw-pixels": "raw pixels (floor)"}
+ORDER = ["isd", "isd-plus", "byol", "moco", "supervised", "random-init", "raw-pixels"]
+METRICS = (("knn1", "1-NN"), ("knn20", "20-NN"), ("knn_weighted", "weighted kNN"), ("linear", "linear"))
+
+
+def display(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def method_order(method: str) -> tuple[int, str]:
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
+def load_results(folders: list[str]) -> list[dict]:
+    results = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise UsageError(f"EXPDIR {folder} is not a folder (pass experiment folders holding <cell>/result.json)")
+        for path in sorted(root.rglob("result.json")):
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise UsageError(f"{path} is not a readable result file ({err})") from None
+            result["_dir"] = str(path.parent)
+            results.append(result)
+    if not results:
+        raise UsageError(f"no result.json under {', '.join(folders)}: run `isd experiment PLAN` first")
+    return results
+
+
+def groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        out[(r["plan"], r["budget"])].append(r)
+    return dict(sorted(out.items()))
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def rare_accuracy(result: dict, key: str = "knn1") -> float | None:
+    per_class = result["per_class"][key]
+    rare = [per_class[c] for c in result.get("rare_classes") or [] if per_class[c] is not None]
+    return statistics.mean(rare) if rare else None
+
+
+def header(plan: str, budget: str, rows: list[dict]) -> str:
+    about = rows[0].get("budget_about", "")
+    devices = sorted({r["provenance"]["device"] for r in rows})
+    torches = sorted({r["provenance"]["torch"] for r in rows})
+    commits = sorted({(r["provenance"]["commit"] or "unknown")[:10] + ("+dirty" if r["provenance"]["dirty"] else "")
+                      for r in rows})
+    cfg = rows[0]["config"]
+    queries = "the held-out validation split" if rows[0]["queries"] == "holdout" else "the test split"
+    return (f"**{plan}**, budget `{budget}`" + (f" ({about})" if about else "") + f": {cfg['arch']}, "
+            f"{cfg['dataset']}; accuracy in % on {queries}. Machine: {'; '.join(devices)}; torch "
+            f"{', '.join(torches)}; commit {', '.join(commits)}.")
+
+
+def balanced_table(rows: list[dict]) -> str:
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    lines = ["| method | n | " + " | ".join(label for _, label in METRICS) + " | train time | images/s |",
+             "| --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- |"]
+    for method in sorted(by_method, key=method_order):
+        cells = by_method[method]
+        scores = [mean_std([c["metrics"][key] for c in cells]) for key, _ in METRICS]
+        times = [c["train"]["seconds"] for c in cells if c.get("train")]
+        speeds = [c["train"]["images_per_s"] for c in cells if c.get("train") and c["train"].get("images_per_s")]
+        time_text = f"{statistics.mean(times) / 60:.1f} min" if times else "–"
+        speed_text = f"{statistics.mean(speeds):,.0f}" if speeds else "–"
+        lines.append(f"| {display(method)} | {len(cells)} | " + " | ".join(scores) + f" | {time_text} | {speed_text} |")
+    return "\n".join(lines)
+
+
+def unbalanced_table(rows: list[dict], baseline: str = "moco") -> str:
+    """Per draw: every method's 1-NN over all classes and over the rare ones, and its difference to MoCo."""
+    methods = sorted({r["method"] for r in rows}, key=method_order)
+    by_key = {(r["draw"], r["method"]): r for r in rows}  # one seed per draw and method in these plans
+    draws = sorted({r["draw"] for r in rows})
+    others = [m for m in methods if m != baseline and baseline in methods]
+    head = ["draw", "common classes"]
+    for m in methods:
+        head += [f"{display(m)} all", f"{display(m)} rare"]
+    for m in others:
+        head += [f"{display(m)} − {display(baseline)} all", f"{display(m)} − {display(baseline)} rare"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    totals: dict[str, list[float]] = defaultdict(list)
+    for draw in draws:
+        some = next(r for (d, _), r in by_key.items() if d == draw)
+        cells = [f"D{draw}", ", ".join(some["classes"][c] for c in some["common_classes"])]
+        for m in methods:
+            r = by_key.get((draw, m))
+            values = (r["metrics"]["knn1"], rare_accuracy(r)) if r else (None, None)
+            for tag, v in zip(("all", "rare"), values):
+                cells.append("–" if v is None else f"{v:.2f}")
+                if v is not None:
+                    totals[f"{m} {tag}"].append(v)
+        for m in others:
+            a, b = by_key.get((draw, m)), by_key.get((draw, baseline))
+            for tag in ("all", "rare"):
+                if a and b:
+                    va = a["metrics"]["knn1"] if tag == "all" else rare_accuracy(a)
+                    vb = b["metrics"]["knn1"] if tag == "all" else rare_accuracy(b)
+                    cells.append(f"{va - vb:+.2f}")
+                    totals[f"{m}-{baseline} {tag}"].append(va - vb)
+                else:
+                    cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    mean_cells = ["mean", ""]
+    for m in methods:
+        mean_cells += [_mean(totals[f"{m} all"]), _mean(totals[f"{m} rare"])]
+    for m in others:
+        mean_cells += [_mean(totals[f"{m}-{baseline} all"], signed=True),
+                       _mean(totals[f"{m}-{baseline} rare"], signed=True)]
+    lines.append("| " + " | ".join(mean_cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):+.2f}" if signed else f"{statistics.mean(values):.2f}"
+
+
+def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None = None) -> str:
+    parts = []
+    for (plan, budget), rows in groups(results).items():
+        parts.append(header(plan, budget, rows))
+        parts.append("")
+        unbalanced = any(r.get("rare_classes") for r in rows)
+        parts.append(unbalanced_table(rows) if unbalanced else balanced_table(rows))
+        if unbalanced:
+            parts.append("")
+            parts.append("1-NN accuracy; *rare* = mean accuracy over the classes that kept 500 images. Bank: the "
+                         "balanced train split; queries: the balanced test split.")
+        if chart_dir and (plan, budget) in chart_dir:
+            parts.append("")
+            folder = chart_dir[(plan, budget)]
+            parts.append(" ".join(f"![{name}]({folder}/{name}.png)" for name in chart_names(unbalanced)))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def chart_names(unbalanced: bool) -> list[str]:
+    return ["accuracy", "per_class", "curves"] if not unbalanced else ["accuracy", "rare"]
+
+
+# ----------------------------------------------------------------------------------------------- charts
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_charts(rows: list[dict], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    unbalanced = any(r.get("rare_classes") for r in rows)
+    paths = [accuracy_chart(rows, folder / "accuracy.png")]
+    if unbalanced:
+        paths.append(rare_chart(rows, folder / "rare.png"))
+    else:
+        paths += [per_class_chart(rows, folder / "per_class.png"), curves_chart(rows, folder / "curves.png")]
+    return paths
+
+
+def _by_method(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[r["method"]].append(r)
+    return {m: out[m] for m in sorted(out, key=method_order)}
+
+
+def accuracy_chart(rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    methods = _by_method(rows)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(METRICS)
+    for i, (key, label) in enumerate(METRICS):
+        means = [statistics.mean([c["metrics"][key] for c in cells]) for cells in methods.values()]
+        errs = [statistics.stdev([c["metrics"][key] for c in cells]) if len(cells) > 1 else 0
+                for cells in methods.values()]
+        ax.bar([x + i * width for x in range(len(methods))], means, width, yerr=errs, label=label, capsize=2)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(methods))])
+    ax.set_xticklabels([display(m).replace(" (", "\n(") for m in methods], fontsize=8)
+    low = min(c["metrics"][k] for r in methods.values() for c in r for k, _ in METRICS)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{rows[0]['plan']}, budget {rows[0]['budget']}")
+    ax.legend(fontsize=8, ncol=len(METRICS))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_class_chart(rows: list[dict], path: Path, key: str = "knn20") -> Path:
+    plt = _pyplot()
+    methods = _by_method(rows)
+    classes = rows[0]["classes"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(methods)
+    for i, (method, cells) in enumerate(methods.items()):
+        means = [statistics.mean([c["per_class"][key][k] or 0 for c in cells]) for k in range(len(classes))]
+        ax.bar([x + i * width for x in range(len(classes))], means, width, label=display(method))
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(classes))])
+    ax.set_xticklabels(classes, rotation=30, fontsize=8)
+    ax.set_ylabel("20-NN accuracy (%)")
+    ax.set_title("accuracy per class")
+    ax.legend(fontsize=7, ncol=4)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_chart(rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for method, cells in _by_method(rows).items():
+        for j, cell in enumerate(cells):
+            history = (cell.get("train") or {}).get("history") or []
+            if not history:
+                continue
+            label = display(method) if j == 0 else None
+            accs = [h["student_20nn"] for h in history]
+            color = f"C{method_order(method)[0] % 10}"
+            by_epoch.plot([h["epoch"] for h in history], accs, marker="o", ms=3, color=color, label=label)
+            by_time.plot([h["seconds"] / 60 for h in history], accs, marker="o", ms=3, color=color, label=label)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("wall time (min, training and these evaluations)")
+    by_epoch.set_ylabel("student 20-NN accuracy (%)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=8)
+    fig.suptitle("kNN accuracy during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rare_chart(rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    methods = _by_method(rows)
+    draws = sorted({r["draw"] for r in rows})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / (2 * len(methods))
+    for i, (method, cells) in enumerate(methods.items()):
+        by_draw = {c["draw"]: c for c in cells}
+        for j, (tag, fn) in enumerate((("all", lambda c: c["metrics"]["knn1"]), ("rare", rare_accuracy))):
+            values = [fn(by_draw[d]) if d in by_draw else 0 for d in draws]
+            ax.bar([x + (2 * i + j) * width for x in range(len(draws))], values, width,
+                   label=f"{display(method)} {tag}", alpha=1.0 if tag == "all" else 0.6,
+                   color=f"C{method_order(method)[0] % 10}", hatch=None if tag == "all" else "//")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(draws))])
+    ax.set_xticklabels([f"D{d}" for d in draws])
+    ax.set_ylabel("1-NN accuracy (%)")
+    ax.set_title("unbalanced data: all classes and the rare ones")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- readme
+
+
+BEGIN, END = "<!-- begin: isd report", "<!-- end: isd report -->"
+
+
+def report(folders: list[str], write: bool = True) -> str:
+    """The markdown for these folders; with `write`, also the charts and a report.md in each group's folder."""
+    results = load_results(folders)
+    chart_dirs = {}
+    for key, rows in groups(results).items():
+        folder = Path(common_parent([r["_dir"] for r in rows]))
+        chart_dirs[key] = folder.as_posix()
+        if write:
+            write_charts(rows, folder)
+    text = markdown(results, chart_dirs)
+    if write:
+        for folder in {Path(d) for d in chart_dirs.values()}:
+            mine = [r for r in results if Path(r["_dir"]).parent == folder or Path(r["_dir"]) == folder]
+            (folder / "report.md").write_text(markdown(mine, {k: "." for k in chart_dirs}))
+    return text
+
+
+def common_parent(dirs: list[str]) -> str:
+    parents = {str(Path(d).parent) for d in dirs}
+    return parents.pop() if len(parents) == 1 else str(Path(*Path(min(parents)).parts[:1]))
+
+
+def readme_blocks(text: str) -> list[tuple[list[str], str]]:
+    """[(report folders, the block's body)] for each generated block of a README."""
+    blocks = []
+    rest = text
+    while BEGIN in rest:
+        start = rest.index(BEGIN)
+        line_end = rest.index("-->", start)
+        folders = rest[start + len(BEGIN):line_end].split()
+        body_start = rest.index("\n", line_end) + 1
+        end = rest.index(END, body_start)
+        blocks.append((folders, rest[body_start:end]))
+        rest = rest[end + len(END):]
+    return blocks
+
+
+def update_readme(path: Path) -> int:
+    """Regenerate every `<!-- begin: isd report FOLDER... -->` block; returns how many were rewritten."""
+    text = path.read_text()
+    blocks = readme_blocks(text)
+    for folders, body in blocks:
+        text = text.replace(body, report(folders, write=False), 1)
+    path.write_text(text)
+    return len(blocks)

@@ -1,0 +1,162 @@
+"""Run the cells of a plan: each one an ordinary run folder that ends with `result.json`.
+
+A finished cell (its result.json exists) is skipped; an unfinished one continues from its newest checkpoint
+(`--resume auto`). Several processes, on one machine or on several sharing the folder, can work on one
+experiment at once: each claims a cell with an exclusive lock file before running it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from isd.data.splits import common_class_ids, evaluation_sets
+from isd.eval.monitor import knn_monitor
+from isd.experiments.evaluate import capped_sets, encoder_features, metrics, pixel_features
+from isd.experiments.plans import Cell, Plan
+from isd.experiments.provenance import provenance
+from isd.methods import build_method
+from isd.train.checkpoint import write_atomic
+from isd.train.loop import image_size_and_stem, resolve_device, train
+
+RESULT = "result.json"
+CLAIM = ".claim"
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
+
+
+def read_result(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Claim:
+    """An exclusive lock file in the cell's folder; a lock left by a dead process of this host is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / CLAIM
+        self.mine = f"{socket.gethostname()} {os.getpid()}"
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.mine)
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return True
+        if host != socket.gethostname():
+            return False  # another machine's: only it can tell
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_cells(plan: Plan, cells: list[Cell], exp_dir: Path, data: str = "", device: str = "auto",
+              say: Callable[[str], None] = print) -> list[dict]:
+    """Runs every unfinished, unclaimed cell in order; returns the results of the cells run now."""
+    done = []
+    for cell in cells:
+        run_dir = exp_dir / cell.name
+        if read_result(run_dir) is not None:
+            continue
+        claim = Claim(run_dir)
+        if not claim.acquire():
+            say(f"{cell.name}: claimed by another process ({claim.path}), skipped")
+            continue
+        try:
+            result = run_cell(plan, cell, run_dir, data, device, say)
+        finally:
+            claim.release()
+        m = result["metrics"]
+        say(f"{cell.name}: 1-NN {m['knn1']:.2f}  20-NN {m['knn20']:.2f}  weighted {m['knn_weighted']:.2f}  "
+            f"linear {m['linear']:.2f}  ({result['seconds']:.0f} s)")
+        done.append(result)
+    return done
+
+
+def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
+             say: Callable[[str], None]) -> dict:
+    started = time.perf_counter()
+    cfg = cell.config(run_dir, data)
+    cfg.device = device_name if device_name != "auto" else cfg.device
+    bank, queries = capped_sets(*evaluation_sets(cfg, plan.queries), cfg.eval_max_images)
+    device = resolve_device(cfg.device)
+    train_info: dict = {}
+    if cell.floor == "raw-pixels":
+        bank_x, bank_y = pixel_features(bank)
+        query_x, query_y = pixel_features(queries)
+    else:
+        size, stem = image_size_and_stem(cfg, bank)
+        if cell.floor == "random-init":
+            torch.manual_seed(cfg.seed)  # the initial weights of the trained cells of this seed
+            net = build_method(cfg, in_channels=bank.channels, stem=stem, num_classes=len(bank.classes)).encoder_q
+            net = net.to(device)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.resume = "auto"
+            hook = knn_monitor(cfg) if cfg.eval_every else None
+            say(f"{cell.name}: training in {run_dir}")
+            setup = train(cfg, log=lambda m: say(f"{cell.name}: {m}"), on_epoch_end=hook)
+            net = setup.model.encoder_q
+            train_info = training_summary(run_dir, cfg, len(setup.source), time.perf_counter() - started)
+        bank_x, bank_y, query_x, query_y = encoder_features(net, bank, queries, size, device, cfg.num_workers)
+    scores = metrics(bank_x.to(device), bank_y, query_x, query_y, len(bank.classes), seed=cfg.seed)
+    common = common_class_ids(len(bank.classes), cfg.common_classes, cfg.draw) if cfg.common_classes else []
+    result = {
+        "plan": plan.name, "budget": cell.budget, "budget_about": plan.budget(cell.budget).get("about", ""),
+        "cell": cell.name, "method": cell.method, "trained_method": None if cell.floor else cfg.method,
+        "floor": cell.floor, "seed": cell.seed, "draw": cell.draw, "queries": plan.queries,
+        "classes": bank.classes, "common_classes": common,
+        "rare_classes": [c for c in range(len(bank.classes)) if common and c not in common],
+        "metrics": {k: v for k, v in scores.items() if k not in ("per_class", "sizes", "protocol", "seconds")},
+        "per_class": scores["per_class"], "eval": {**scores["sizes"], **scores["protocol"],
+                                                   "seconds": scores["seconds"]},
+        "train": train_info, "seconds": round(time.perf_counter() - started, 1),
+        "provenance": provenance(device), "config": cfg.to_dict(),
+    }
+    write_json(run_dir / RESULT, result)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def training_summary(run_dir: Path, cfg, images: int, seconds: float) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    windows = [r for r in rows if r.get("kind") == "train" and "images_per_s" in r]
+    steady = windows[1:] or windows  # the first window holds the warm-up
+    history_path = run_dir / "knn_history.json"
+    return {"images": images, "epochs": cfg.epochs, "steps_per_epoch": images // cfg.batch_size,
+            "seconds": round(seconds, 1),
+            "images_per_s": round(sum(r["images_per_s"] for r in steady) / len(steady), 1) if steady else None,
+            "final_loss": windows[-1]["loss"] if windows else None,
+            "history": json.loads(history_path.read_text()) if history_path.is_file() else []}
