@@ -102,7 +102,10 @@ def run_experiment(args: argparse.Namespace) -> int:
 def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
     """`--jobs N`: N copies of this command, each taking the next unclaimed cell; their output goes to
     EXPDIR/worker_I.log, and a line is printed here as each cell finishes."""
-    base = [sys.executable, "-m", "isd", *strip_jobs(sys.argv[1:]), "--no-report"]
+    base = [sys.executable, "-m", "isd", "experiment", args.plan, args.data, "--budget", args.budget, "--out", str(out),
+            "--device", args.device, "--no-report"]
+    for flag, value in (("--only", args.only), ("--shard", args.shard)):
+        base += [flag, value] if value else []
     env = {**os.environ, "ISD_CONCURRENT_CELLS": os.environ.get("ISD_CONCURRENT_CELLS", str(args.jobs))}
     workers = []
 
@@ -132,21 +135,6 @@ def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
             log.close()
             if p.returncode not in (0, 1):
                 print(f"worker {log.name} exited with code {p.returncode}")
-
-
-def strip_jobs(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--jobs":
-            skip = True
-            continue
-        if a.startswith("--jobs="):
-            continue
-        out.append(a)
-    return out
 
 
 def run_report(args: argparse.Namespace) -> int:

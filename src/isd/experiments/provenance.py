@@ -53,8 +53,14 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {model}, {torch.get_num_threads()} threads"
 
 
+def command_line() -> str:
+    program = Path(sys.argv[0]).name
+    program = "python -m isd" if program == "__main__.py" else program
+    return shlex.join([program, *sys.argv[1:]])
+
+
 def provenance(device: torch.device) -> dict[str, object]:
     return {**code_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "device": device_name(device),
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command_line(),
             "host": platform.node(), "concurrent_cells": int(os.environ.get("ISD_CONCURRENT_CELLS", "1")), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -74,9 +74,12 @@ def header(plan: str, budget: str, rows: list[dict]) -> str:
                       for r in rows})
     cfg = rows[0]["config"]
     queries = "the held-out validation split" if rows[0]["queries"] == "holdout" else "the test split"
+    shared = max(r["provenance"].get("concurrent_cells", 1) for r in rows)
+    sharing = f" Train time and images/s are per cell, with up to {shared} cells sharing the device." \
+        if shared > 1 else ""
     return (f"**{plan}**, budget `{budget}`" + (f" ({about})" if about else "") + f": {cfg['arch']}, "
             f"{cfg['dataset']}; accuracy in % on {queries}. Machine: {'; '.join(devices)}; torch "
-            f"{', '.join(torches)}; commit {', '.join(commits)}.")
+            f"{', '.join(torches)}; commit {', '.join(commits)}.{sharing}")
 
 
 def balanced_table(rows: list[dict]) -> str:
@@ -323,26 +326,29 @@ def common_parent(dirs: list[str]) -> str:
     return parents.pop() if len(parents) == 1 else str(Path(*Path(min(parents)).parts[:1]))
 
 
+def _block_spans(text: str) -> list[tuple[list[str], int, int]]:
+    """(report folders, start, end of the body) for each generated block of a README."""
+    spans, pos = [], 0
+    while (start := text.find(BEGIN, pos)) >= 0:
+        line_end = text.index("-->", start)
+        folders = text[start + len(BEGIN):line_end].split()
+        body_start = text.index("\n", line_end) + 1
+        body_end = text.index(END, body_start)
+        spans.append((folders, body_start, body_end))
+        pos = body_end + len(END)
+    return spans
+
+
 def readme_blocks(text: str) -> list[tuple[list[str], str]]:
-    """[(report folders, the block's body)] for each generated block of a README."""
-    blocks = []
-    rest = text
-    while BEGIN in rest:
-        start = rest.index(BEGIN)
-        line_end = rest.index("-->", start)
-        folders = rest[start + len(BEGIN):line_end].split()
-        body_start = rest.index("\n", line_end) + 1
-        end = rest.index(END, body_start)
-        blocks.append((folders, rest[body_start:end]))
-        rest = rest[end + len(END):]
-    return blocks
+    """[(report folders, the block's body)] for each `<!-- begin: isd report FOLDER... -->` block."""
+    return [(folders, text[a:b]) for folders, a, b in _block_spans(text)]
 
 
 def update_readme(path: Path) -> int:
-    """Regenerate every `<!-- begin: isd report FOLDER... -->` block; returns how many were rewritten."""
+    """Regenerate every generated block of the file in place; returns how many there are."""
     text = path.read_text()
-    blocks = readme_blocks(text)
-    for folders, body in blocks:
-        text = text.replace(body, report(folders, write=False), 1)
+    spans = _block_spans(text)
+    for folders, a, b in reversed(spans):  # from the end, so earlier offsets stay valid
+        text = text[:a] + report(folders, write=False) + text[b:]
     path.write_text(text)
-    return len(blocks)
+    return len(spans)

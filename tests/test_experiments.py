@@ -1,0 +1,271 @@
+"""Experiments: data splits, the supervised baseline, plans, `isd experiment` (smoke budgets, resume, claims,
+shards), `isd report` and the README's generated results blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, single_thread, tiny_values
+from isd.cli import main
+from isd.config import build_config
+from isd.data.sources import find_fashion_mnist, load_source
+from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_split, training_images, unbalanced_subset
+from isd.errors import UsageError
+from isd.experiments.plans import load_plan, select
+from isd.experiments.provenance import provenance
+from isd.experiments.report import readme_blocks, report
+from isd.experiments.runner import Claim, read_result, run_cells
+from isd.methods import Supervised, build_method
+from isd.train.loop import train
+
+needs_fmnist = pytest.mark.skipif(find_fashion_mnist("") is None, reason="Fashion-MNIST not installed "
+                                  "(apt-get install dataset-fashion-mnist)")
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+def test_holdout_is_disjoint_fixed_and_independent_of_the_run_seed():
+    kept, held = holdout_split(1000, 100)
+    assert len(held) == 100 and len(kept) == 900
+    assert set(kept.tolist()).isdisjoint(held.tolist()) and set(kept.tolist()) | set(held.tolist()) == set(range(1000))
+    again_kept, again_held = holdout_split(1000, 100)
+    assert torch.equal(held, again_held) and torch.equal(kept, again_kept)
+    with pytest.raises(UsageError, match="holdout=1000"):
+        holdout_split(1000, 1000)
+
+
+def test_unbalanced_subset_keeps_common_classes_whole_and_the_rest_at_the_rare_count():
+    targets = torch.arange(10).repeat_interleave(60)  # 10 classes x 60 images
+    picked = unbalanced_subset(targets, 10, common=3, rare_per_class=5, draw=1)
+    counts = torch.bincount(targets[picked], minlength=10)
+    common = common_class_ids(10, 3, draw=1)
+    assert len(common) == 3
+    assert all(counts[c] == (60 if c in common else 5) for c in range(10))
+    assert torch.equal(picked, unbalanced_subset(targets, 10, 3, 5, draw=1))  # a draw is reproducible
+    assert any(common_class_ids(10, 3, d) != common for d in range(2, 6))  # other draws pick other classes
+    with pytest.raises(UsageError, match="common_classes=10"):
+        unbalanced_subset(targets, 10, 10, 5, 1)
+
+
+def test_cap_is_a_fixed_subset():
+    assert capped(100, 0) is None and capped(100, 200) is None
+    picked = capped(100, 10)
+    assert len(picked) == 10 and torch.equal(picked, capped(100, 10)) and torch.equal(picked, picked.sort().values)
+
+
+def test_training_images_apply_holdout_then_unbalance_then_cap(image_root, tmp_path):
+    source = load_source("folder", str(image_root), "train")  # 2 classes x 4 images
+    cfg = build_config(None, tiny_values(image_root, tmp_path, holdout=2))
+    kept = training_images(source, cfg)
+    bank, queries = evaluation_sets(cfg, "holdout")
+    assert len(kept) == 6 and len(queries) == 2 and len(bank) == 6
+    assert set(kept.files).isdisjoint(queries.files) and kept.files == bank.files
+    cfg = build_config(None, tiny_values(image_root, tmp_path, common_classes=1, rare_per_class=1, max_train_images=3))
+    subset = training_images(source, cfg)
+    assert len(subset) == 3 and len(set(subset.files)) == 3
+
+
+# ------------------------------------------------------------------------------------------ supervised
+
+
+def test_supervised_baseline_is_cross_entropy_on_the_query_view(image_root, tmp_path):
+    cfg = build_config(None, tiny_values(image_root, tmp_path, method="supervised"))
+    torch.manual_seed(0)
+    model = build_method(cfg, in_channels=3, stem="small", num_classes=5)
+    assert isinstance(model, Supervised) and not hasattr(model, "encoder_k")
+    key, query = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    labels = torch.tensor([0, 1, 4, 2])
+    model.eval()
+    loss, stats = model(key, query, labels)
+    logits = model.encoder_q(query)
+    assert logits.shape == (4, 5)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels))
+    assert stats["train_acc"] == (logits.argmax(1) == labels).float().mean()
+    loss_other_key, _ = model(torch.zeros_like(key), query, labels)  # the key view plays no part
+    assert torch.equal(loss, loss_other_key)
+
+
+def test_supervised_training_learns_and_checkpoints_like_the_other_methods(image_root, tmp_path):
+    cfg = build_config(None, tiny_values(image_root, tmp_path, method="supervised", epochs=3, lr=0.1))
+    with single_thread():
+        setup = train(cfg, log=lambda _: None)
+    state = torch.load(tmp_path / "ckpt_last.pth", weights_only=False)["state_dict"]
+    assert state["encoder_q.fc.weight"].shape == (2, setup.model.encoder_q.fc.in_features)
+    assert not any(k.startswith("encoder_k") for k in state)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["train_acc"] <= 1.0 for r in rows if r["kind"] == "train")
+
+
+# ------------------------------------------------------------------------------------------ plans
+
+
+def test_shipped_plans_expand_to_their_grids():
+    balanced = load_plan("fmnist-balanced")
+    assert [c.name for c in balanced.cells("smoke")] == [
+        "isd-seed0", "isd-plus-seed0", "byol-seed0", "moco-seed0", "supervised-seed0", "random-init-seed0",
+        "raw-pixels-seed0"]
+    gpu = balanced.cells("gpu")
+    assert len(gpu) == 3 * 6 + 1  # 3 seeds of 5 trained methods and random init, raw pixels once
+    assert [c.seed for c in gpu[:7]] == [0] * 7  # seeds outermost: a partial run fills whole seeds
+    isd = gpu[0].config(Path("runs/x"))
+    assert (isd.method, isd.epochs, isd.seed, isd.blur_prob) == ("isd", 20, 0, 0.0)
+    unbalanced = load_plan("fmnist-unbalanced")
+    cells = unbalanced.cells("gpu")
+    assert len(cells) == 10 and {c.draw for c in cells} == {1, 2, 3, 4, 5}
+    cfg = cells[0].config(Path("runs/x"))
+    assert (cfg.common_classes, cfg.rare_per_class, cfg.draw) == (3, 500, 1)
+    assert load_plan("folder").cells("smoke")[0].config(Path("runs/x"), data="d").dataset == "folder"
+
+
+def test_only_and_shard_pick_parts_of_the_grid():
+    cells = load_plan("fmnist-balanced").cells("gpu")
+    assert [c.name for c in select(cells, "method=isd,seed=1")] == ["isd-seed1"]
+    assert {c.method for c in select(cells, "method=isd,method=moco")} == {"isd", "moco"}
+    shards = [select(cells, shard=f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
+    assert not set(c.name for c in shards[0]) & set(c.name for c in shards[1])
+    for bad in ("method", "colour=red"):
+        with pytest.raises(UsageError, match="--only"):
+            select(cells, bad)
+    for bad in ("0/3", "4/3", "a/b", "2"):
+        with pytest.raises(UsageError, match="--shard"):
+            select(cells, shard=bad)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {set: {epochs: 0}}}", "budget 'smoke', cell isd-seed0"),
+    ("methods: {isd: {recipe: isd-r18-fmnist, sett: {}}}\nbudgets: {smoke: {}}", "unknown keys"),
+    ("methods: {isd: {floor: pixels}}\nbudgets: {smoke: {}}", "floor must be"),
+    ("methods: {isd: {recipe: no-such-recipe}}\nbudgets: {smoke: {}}", "unknown recipe"),
+    ("budgets: {smoke: {}}", "needs a 'methods'"),
+    ("methods: {isd: {}}\nqueries: train\nbudgets: {smoke: {}}", "queries must be"),
+    ("methods: [", "not valid YAML"),
+])
+def test_a_bad_plan_is_refused_whole_before_anything_runs(tmp_path, text, message):
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        load_plan(str(path))
+
+
+def test_experiment_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["experiment", "no-such-plan"]) == 2
+    assert "unknown plan 'no-such-plan'" in capsys.readouterr().err
+    assert main(["experiment", "fmnist-balanced", "--only", "method=nothing", "--out", str(tmp_path)]) == 2
+    assert "no cell" in capsys.readouterr().err
+    assert main(["experiment", "fmnist-balanced", "--jobs", "0"]) == 2
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no result.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def test_provenance_names_code_machine_and_command(monkeypatch):
+    info = provenance(torch.device("cpu"))
+    assert info["torch"] == torch.__version__ and info["device"].startswith("CPU")
+    assert len(info["commit"] or "") == 40 and isinstance(info["dirty"], bool)  # the tests run from a git checkout
+    monkeypatch.setenv("ISD_GIT_COMMIT", "abc123")
+    assert provenance(torch.device("cpu"))["commit"] == "abc123"
+
+
+def test_a_live_claim_keeps_a_cell_and_a_dead_one_is_taken_over(tmp_path):
+    plan = load_plan("fmnist-balanced")
+    cell = plan.cells("smoke")[-1]  # raw pixels: no training, but the claim logic is the same
+    claim = Claim(tmp_path / cell.name)
+    assert claim.acquire()  # held by this (live) process
+    assert not Claim(tmp_path / cell.name).acquire()
+    assert run_cells(plan, [cell], tmp_path, say=lambda _: None) == []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim.path.write_text(f"{claim.mine.split()[0]} {dead.stdout.strip()}")
+    assert Claim(tmp_path / cell.name).acquire()
+
+
+@needs_fmnist
+def test_smoke_experiments_write_results_tables_and_charts_and_a_rerun_skips_them(tmp_path, capsys):
+    balanced, unbalanced = tmp_path / "balanced", tmp_path / "unbalanced"
+    with single_thread():
+        assert main(["experiment", "fmnist-balanced", "--budget", "smoke", "--out", str(balanced)]) == 0
+        assert main(["experiment", "fmnist-unbalanced", "--budget", "smoke", "--out", str(unbalanced)]) == 0
+    printed = capsys.readouterr().out
+    results = {p.parent.name: json.loads(p.read_text()) for p in balanced.glob("*/result.json")}
+    assert set(results) == {"isd-seed0", "isd-plus-seed0", "byol-seed0", "moco-seed0", "supervised-seed0",
+                            "random-init-seed0", "raw-pixels-seed0"}
+    isd = results["isd-seed0"]
+    for key in ("knn1", "knn20", "knn_weighted", "linear", "linear_top5", "linear_best"):
+        assert 0 <= isd["metrics"][key] <= 100
+    assert len(isd["per_class"]["knn20"]) == len(isd["per_class"]["linear"]) == 10
+    assert isd["train"]["images"] == 512 and isd["train"]["images_per_s"] > 0 and isd["train"]["history"]
+    assert isd["provenance"]["commit"] and isd["config"]["method"] == "isd" and isd["config"]["epochs"] == 1
+    assert results["raw-pixels-seed0"]["train"] == {} and results["raw-pixels-seed0"]["eval"]["dim"] == 784
+    assert results["supervised-seed0"]["trained_method"] == "supervised"
+    # the tables: every method once, in the printed output and in report.md, and the charts
+    for name in ("ISD", "ISD+", "BYOL-asym", "MoCo-v2", "supervised (ceiling)", "random init (floor)"):
+        assert f"| {name} | 1 |" in printed
+    for chart in ("accuracy", "per_class", "curves"):
+        assert (balanced / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (unbalanced / "rare.png").read_bytes()[:4] == b"\x89PNG"
+    unb = json.loads((unbalanced / "isd-draw2-seed0" / "result.json").read_text())
+    assert len(unb["rare_classes"]) == 7 and len(unb["common_classes"]) == 3
+    assert unb["train"]["images"] == 512 and unb["eval"]["bank"] == 500
+    assert "| D1 |" in printed and "| D2 |" in printed and "ISD − MoCo-v2 rare" in printed
+    # a second run trains nothing: every cell has its result
+    stamps = {p: p.stat().st_mtime_ns for p in balanced.glob("*/result.json")}
+    assert main(["experiment", "fmnist-balanced", "--budget", "smoke", "--out", str(balanced)]) == 0
+    assert "7 of 7 cells finished" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in balanced.glob("*/result.json")}
+
+
+@needs_fmnist
+def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, capsys):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets:\n  smoke:\n    set: {epochs: 2, "
+                         "width: 8, batch_size: 128, queue_size: 256, max_train_images: 256, eval_max_images: 300, "
+                         "num_workers: 0}\n")
+    plan = load_plan(str(plan_file))
+    cell = plan.cells("smoke")[0]
+    half = cell.config(tmp_path / "exp" / cell.name)
+    half.epochs = 1  # as if stopped after the first epoch: the checkpoint of epoch 1 is there
+    with single_thread():
+        train(half, log=lambda _: None)
+        assert main(["experiment", str(plan_file), "--budget", "smoke", "--out", str(tmp_path / "exp")]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch 1" in out
+    result = read_result(tmp_path / "exp" / cell.name)
+    assert result["config"]["epochs"] == 2
+
+
+# ------------------------------------------------------------------------------------------ README
+
+
+def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_files(monkeypatch):
+    """Every table in the README's generated blocks comes from committed result files and this code."""
+    monkeypatch.chdir(ROOT)
+    blocks = readme_blocks((ROOT / "README.md").read_text())
+    assert blocks, "README.md has no generated results block"
+    for folders, body in blocks:
+        assert all(f.startswith("benchmarks/results/") for f in folders)
+        assert body == report(folders, write=False), f"README block for {folders} is stale: run " \
+                                                     f"`isd report --readme README.md`"
+
+
+def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    folder = "benchmarks/results/experiments/fmnist-unbalanced-gpu"
+    readme = tmp_path / "R.md"
+    readme.write_text(f"# title\n<!-- begin: isd report {folder} -->\nstale\n<!-- end: isd report -->\ntail\n")
+    assert main(["report", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("# title\n") and text.endswith("tail\n")
+    assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False)
