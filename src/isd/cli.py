@@ -7,7 +7,8 @@ import sys
 from isd.cli_common import OneLineParser, run_guarded
 
 # each module has register(subparsers) -> sets `handler` on its subparser
-COMMAND_MODULES = ("isd.train.command", "isd.demo", "isd.eval.command", "isd.experiments.command")
+COMMAND_MODULES = ("isd.train.command", "isd.demo", "isd.eval.command", "isd.experiments.command",
+                   "isd.eval.figure_commands")
 
 
 def build_parser() -> OneLineParser:

@@ -10,6 +10,7 @@ from isd.data.splits import evaluation_sets
 from isd.errors import UsageError
 from isd.eval.features import extract_features, seeded_subset, teacher_with_student_bn
 from isd.eval.knn import knn_evaluate
+from isd.plots import pyplot
 
 
 def knn_monitor(cfg, ks=(1, 20)):
@@ -61,11 +62,7 @@ def knn_monitor(cfg, ks=(1, 20)):
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
     for key in sorted(k for k in history[0] if k.endswith("nn")):

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from isd.errors import UsageError
+from isd.plots import pyplot
 
 NAMES = {"isd": "ISD", "isd-plus": "ISD+", "byol": "BYOL-asym", "moco": "MoCo-v2",
          "supervised": "supervised (ceiling)", "random-init": "random init (floor)", "raw-pixels": "raw pixels (floor)"}
@@ -175,13 +176,6 @@ def chart_names(unbalanced: bool) -> list[str]:
 # ----------------------------------------------------------------------------------------------- charts
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_charts(rows: list[dict], folder: Path) -> list[Path]:
@@ -203,7 +197,7 @@ def _by_method(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def accuracy_chart(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     methods = _by_method(rows)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(METRICS)
@@ -227,7 +221,7 @@ def accuracy_chart(rows: list[dict], path: Path) -> Path:
 
 
 def per_class_chart(rows: list[dict], path: Path, key: str = "knn20") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     methods = _by_method(rows)
     classes = rows[0]["classes"]
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -248,7 +242,7 @@ def per_class_chart(rows: list[dict], path: Path, key: str = "knn20") -> Path:
 
 
 def curves_chart(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for method, cells in _by_method(rows).items():
         for j, cell in enumerate(cells):
@@ -274,7 +268,7 @@ def curves_chart(rows: list[dict], path: Path) -> Path:
 
 
 def rare_chart(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     methods = _by_method(rows)
     draws = sorted({r["draw"] for r in rows})
     fig, ax = plt.subplots(figsize=(8, 4))
