@@ -63,6 +63,19 @@ def subset(source: Source, indices: Tensor) -> Source:
     return picked
 
 
+def same_classes(source: Source, classes: list[str]) -> Source:
+    """`source` cut to `classes` (by name) and labelled by their index in that list, so that its labels mean
+    what another split's do (a train split cut by --subset-file keeps fewer classes, renumbered)."""
+    if source.classes == classes:
+        return source
+    index = {name: i for i, name in enumerate(classes)}
+    own = torch.tensor([index.get(name, -1) for name in source.classes], dtype=torch.long)
+    relabelled = own[source.targets]
+    picked = subset(source, (relabelled >= 0).nonzero().squeeze(1))
+    picked.targets, picked.classes = relabelled[relabelled >= 0], list(classes)
+    return picked
+
+
 def seeded_subset(n: int, limit: int, seed: int) -> Tensor | None:
     if not limit or limit >= n:
         return None

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from isd.data.sources import load_source
 from isd.errors import UsageError
-from isd.eval.features import extract_features, seeded_subset, teacher_with_student_bn
+from isd.eval.features import extract_features, same_classes, seeded_subset, teacher_with_student_bn
 from isd.eval.knn import knn_evaluate
 
 
 def knn_monitor(cfg, ks=(1, 20)):
     """Checks the held-out split now (before any compute) and returns the on_epoch_end hook."""
     try:
-        val = load_source(cfg.dataset, cfg.data, "val", None)
+        all_val = load_source(cfg.dataset, cfg.data, "val", None)
     except UsageError as err:
         raise UsageError(f"--eval-every needs a labelled val split: {err}") from None
     state: dict = {"history": []}
@@ -24,6 +24,11 @@ def knn_monitor(cfg, ks=(1, 20)):
             return None
         if setup.rank != 0:
             return None
+        # the bank's labels number the training classes (--subset-file keeps some): the queries' must match
+        val = same_classes(all_val, setup.source.classes)
+        if len(val) == 0:
+            raise UsageError(f"--eval-every: {all_val.name} has no images of the {len(setup.source.classes)} "
+                             f"training classes; give a val split with the same class folders")
         model = setup.model
         train_pick = seeded_subset(len(setup.source), cfg.eval_max_images, cfg.seed)
         val_pick = seeded_subset(len(val), cfg.eval_max_images, cfg.seed + 1)
