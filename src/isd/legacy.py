@@ -53,18 +53,29 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
 
 
 def legacy_values(args: argparse.Namespace) -> dict:
+    """Config values for the flags given on the command line (every flag defaults to None: not given)."""
     rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
     skip = {"gpu", "debug", "cos", "weak_strong", "temp"}
     values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
     if args.temp is not None:
         values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
-    if args.cos:
-        values["schedule"] = "cos"
+    values.update(schedule_values(args))
     if args.weak_strong:
         values["augmentation"] = "weak/strong"
     if values.get("resume") == "":
         values.pop("resume")
     return values
+
+
+def schedule_values(args: argparse.Namespace) -> dict:
+    """The original's rule, flag by flag: --cos means cosine; without it the scripts decay in steps at
+    --lr_decay_epochs. So a step flag given without --cos asks for steps, even where the recipe is cosine;
+    with neither, the recipe's schedule stays (its cosine replaces the scripts' stale 90,120 default)."""
+    if args.cos:
+        return {"schedule": "cos"}
+    if args.lr_decay_epochs is not None or args.lr_decay_rate is not None:
+        return {"schedule": "step"}
+    return {}
 
 
 def main(script: str, argv: list[str] | None = None) -> int:
