@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isd.cli_common import OneLineParser, run_guarded
+from isd.cli_common import OneLineParser, add_trust_flag, run_guarded
 from isd.config import build_config
 
 # script -> (recipe, description)
@@ -43,7 +43,9 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
                    "strong/strong")
     p.add_argument("--weak_strong", action="store_true", default=None, help="same as --augmentation weak/strong")
     p.add_argument("--checkpoint_path", type=str, help="run folder: checkpoints, logs, config")
-    p.add_argument("--resume", type=str, help="checkpoint to continue from, or 'auto'")
+    p.add_argument("--resume", type=str, help="checkpoint to continue from (of these scripts, `isd train` or the "
+                   "original code), or 'auto'")
+    add_trust_flag(p, "the --resume file")
     p.add_argument("--gpu", type=int, help="accepted for compatibility; use CUDA_VISIBLE_DEVICES instead")
     p.add_argument("--debug", action="store_true", help="accepted for compatibility (no effect)")
     p.add_argument("--subset-file", dest="subset_file", help="train on the images/classes listed in FILE")
@@ -55,7 +57,7 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
 def legacy_values(args: argparse.Namespace) -> dict:
     """Config values for the flags given on the command line (every flag defaults to None: not given)."""
     rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
-    skip = {"gpu", "debug", "cos", "weak_strong", "temp"}
+    skip = {"gpu", "debug", "cos", "weak_strong", "temp", "trust_checkpoint_code"}
     values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
     if args.temp is not None:
         values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
@@ -89,7 +91,7 @@ def main(script: str, argv: list[str] | None = None) -> int:
         launched = maybe_self_launch(script, sys.argv[1:] if argv is None else list(argv), cfg.device)
         if launched is not None:  # several GPUs, no launcher: one worker per GPU has run the job
             return launched
-        train(cfg)
+        train(cfg, trust_code=args.trust_checkpoint_code)
         return 0
 
     return run_guarded(run, script)

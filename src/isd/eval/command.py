@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from isd.cli_common import path_problem
+from isd.cli_common import add_trust_flag, path_problem
 from isd.config import ARCHS, DATASETS
 from isd.data.sources import Source, load_source
 from isd.errors import CheckpointWriteError, UsageError
@@ -47,6 +47,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's training size, else "
                    "224 for folders and the native size of built-in sets)")
     p.add_argument("--out", help="folder for results and cached features (default: the checkpoint's folder)")
+    add_trust_flag(p)
 
 
 def add_knn_args(p: argparse.ArgumentParser) -> None:
@@ -89,10 +90,11 @@ def register(sub) -> None:
     e.add_argument("--encoder", choices=ENCODERS, default="student")
     e.add_argument("--arch", choices=ARCHS, help="check that the checkpoint holds this architecture")
     e.add_argument("-o", "--output", help="output file (default: CKPT's folder/backbone_<encoder>.pth)")
+    add_trust_flag(e)
     e.set_defaults(handler=run_export)
 
 
-# ----------------------------------------------------------------------------------------------- shared
+# ----------------------------------------------------------------------------------------------- common
 
 
 @dataclass
@@ -158,7 +160,7 @@ def prepare(args: argparse.Namespace) -> EvalContext:
     if args.dataset in ("folder", "imagenet", "imagenet100") and not args.data:
         raise UsageError("no data folder given: pass DATA (a folder with train/ and val/ inside)")
     device = resolve_device(args.device)
-    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
+    net, info = load_backbone(args.ckpt, args.encoder, args.arch, args.trust_checkpoint_code)
     train = load_source(args.dataset, args.data, "train")
     val = load_source(args.dataset, args.data, "val")
     check_splits(train, val)
@@ -338,7 +340,7 @@ def run_export(args: argparse.Namespace) -> int:
     if out.suffix == ".json":
         raise UsageError(f"-o {out}: the metadata goes to a .json beside the weights; give the weights another "
                          f"suffix, e.g. -o {out.with_suffix('.pth')}")
-    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
+    net, info = load_backbone(args.ckpt, args.encoder, args.arch, args.trust_checkpoint_code)
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     try:
         atomic_save(state, out)

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from isd.cli_common import OneLineParser, run_guarded
+from isd.cli_common import TRUST_FLAG, OneLineParser, add_trust_flag, run_guarded
 from isd.config import ARCHS, DATASETS
 from isd.errors import UsageError
 from isd.eval.command import add_knn_args, add_linear_args, run_knn, run_linear
@@ -30,6 +30,7 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
                    "reused whenever the checkpoint file is unchanged")
     p.add_argument("-p", "--print-freq", type=int, help="accepted for compatibility (no effect)")
     p.add_argument("--gpu", type=int, help="accepted for compatibility; use CUDA_VISIBLE_DEVICES instead")
+    add_trust_flag(p, "--weights")
     if script == "eval_knn.py":
         p.add_argument("-k", type=int, nargs="+", default=[1, 20], help="neighbour counts (default 1 20)")
     else:
@@ -45,6 +46,7 @@ def translate(script: str, args: argparse.Namespace) -> list[str]:
     argv = [f"--dataset={args.dataset}", f"--batch-size={args.batch_size}", f"--num-workers={args.workers}"]
     argv += [f"--arch={args.arch}"] if args.arch else []
     argv += [f"--out={args.save}"] if args.save else []
+    argv += [TRUST_FLAG] if args.trust_checkpoint_code else []
     if script == "eval_knn.py":
         argv += ["-k", *map(str, args.k)]
     else:
