@@ -134,6 +134,26 @@ def test_original_checkpoint_exports_to_torchvision_and_loads_everywhere(full_r1
     assert "torchvision.models.resnet18()" in capsys.readouterr().out
 
 
+def test_torch_hub_loads_the_backbone_of_any_layout(full_r18, tmp_path):
+    path, expected = full_r18
+    model = torch.hub.load(str(ROOT), "resnet18", source="local", weights=str(path))
+    assert isinstance(model, torchvision.models.ResNet) and isinstance(model.fc, nn.Identity) and not model.training
+    assert_equal_weights(model.state_dict(), expected["student"])
+    teacher = torch.hub.load(str(ROOT), "resnet18", source="local", weights=str(path), encoder="teacher")
+    assert torch.equal(teacher.state_dict()["conv1.weight"], expected["teacher"]["conv1.weight"])
+    torch.save(model.state_dict(), tmp_path / "plain.pth")  # a plain state_dict (what `isd export` writes)
+    again = torch.hub.load(str(ROOT), "resnet18", source="local", weights=str(tmp_path / "plain.pth"))
+    assert_equal_weights(again.state_dict(), expected["student"])
+    r50 = tmp_path / "r50.pth"
+    expected50 = build_original(r50, "isd-plus", "resnet50", width=16, stem="imagenet")
+    model50 = torch.hub.load(str(ROOT), "resnet50", source="local", weights=str(r50))
+    assert_equal_weights(model50.state_dict(), expected50["student"])
+    with pytest.raises(isd.errors.UsageError, match="holds resnet18 weights, not resnet50"):
+        torch.hub.load(str(ROOT), "resnet50", source="local", weights=str(path))
+    fresh = torch.hub.load(str(ROOT), "resnet50", source="local")
+    assert fresh(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+
+
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory) -> Path:
     from conftest import write_image_folder

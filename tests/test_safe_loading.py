@@ -96,12 +96,14 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(command, legacy_format, 
     assert not marker.exists()
 
 
-def test_load_backbone_refuses_it_too(tmp_path):
+def test_load_backbone_and_torch_hub_refuse_it_too(tmp_path):
     marker = tmp_path / "marker"
     ckpt = crafted(tmp_path / "evil.pth", marker)
     with pytest.raises(isd.errors.UsageError, match=r"evil\.pth holds builtins\.exec") as caught:
         isd.load_backbone(ckpt)
     assert "\n" not in str(caught.value)
+    with pytest.raises(isd.errors.UsageError, match="holds builtins.exec"):
+        torch.hub.load(str(ROOT), "resnet18", source="local", weights=str(ckpt))
     assert not marker.exists()
 
 
