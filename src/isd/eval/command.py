@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -219,7 +219,8 @@ def backbone_summary(info: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- knn
 
 
-def run_knn(args: argparse.Namespace) -> int:
+def run_knn(args: argparse.Namespace, on_result: Callable[[dict], None] | None = None) -> int:
+    """`on_result` gets the report (what knn.json holds) once it is written."""
     from isd.eval.knn import knn_evaluate
 
     start = time.perf_counter()
@@ -262,6 +263,8 @@ def run_knn(args: argparse.Namespace) -> int:
         w = report["weighted"]
         print(f"weighted (k={w['k']}, T={w['T']}): {w['acc']:.2f}")
     print(f"wrote {ctx.out / 'knn.json'}")
+    if on_result is not None:
+        on_result(report)
     return 0
 
 
@@ -278,7 +281,8 @@ def parse_schedule(text: str) -> tuple[int, ...]:
     return milestones
 
 
-def run_linear(args: argparse.Namespace) -> int:
+def run_linear(args: argparse.Namespace, on_epoch: Callable[[dict], None] | None = None) -> int:
+    """`on_epoch` gets each epoch's row of the history (epoch, loss, top1, top5) as soon as it is measured."""
     from isd.eval.features import subset
     from isd.eval.probe import balanced_label_subset, train_probe_on_features
 
@@ -297,7 +301,8 @@ def run_linear(args: argparse.Namespace) -> int:
         train_x, train_y = train_x[picked.to(train_x.device)], train_y[picked.to(train_y.device)]
         train_source = subset(ctx.train, picked)
     num_classes = len(ctx.train.classes)
-    common = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size, seed=args.seed)
+    common = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size, seed=args.seed,
+                  on_epoch=on_epoch)
     if args.fast:
         result = train_probe_on_features(train_x, train_y, val_x, val_y, num_classes, progress=True, **common)
     else:
