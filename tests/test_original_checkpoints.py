@@ -223,3 +223,16 @@ def test_original_train_script_resumes_an_original_checkpoint(jpeg_root, tmp_pat
     assert train_main("train_isd.py", argv) == 0
     assert "resumed from" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_2.pth"]
+
+
+@pytest.mark.parametrize("method, other", [("isd", "isd-plus"), ("isd-plus", "byol"), ("byol", "isd")])
+def test_resuming_an_original_file_with_another_method_is_one_line(method, other, image_root, tmp_path, capsys):
+    """The original's opt has no method: it is read from the keys (labels -> ISD+, queue -> ISD, none -> BYOL)."""
+    build_original(tmp_path / "orig.pth", method, "resnet18")
+    argv = ["train", str(image_root), "--method", other, "--resume", str(tmp_path / "orig.pth"), "--run-dir",
+            str(tmp_path / "run"), *[f"--set={k}={v}" for k, v in
+                                     {"width": 8, "stem": "small", "image_size": 32, "batch_size": 4,
+                                      "queue_size": 16, "num_workers": 0, "device": "cpu"}.items()]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"was trained with --method {method}, not {other}" in err[0]
