@@ -1,4 +1,4 @@
-"""Losses, EMA teacher, memory queue, heads, fp32 loss under autocast, shuffle-BN: SPEC "Common", "ISD", "BYOL"."""
+"""Losses, EMA teacher, memory queue, heads, fp32 loss under autocast, shuffle-BN (docs/faithfulness.md)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def np_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def hand_kl(q: np.ndarray, k: np.ndarray, queue: np.ndarray, temp_s: float, temp_t: float) -> float:
-    """SPEC: KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)) summed over the queue, divided by the batch."""
+    """The original's loss: KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)) summed over the queue, divided by the batch."""
     p_t = np_softmax(k @ queue.T / temp_t)
     p_s = np_softmax(q @ queue.T / temp_s)
     total = 0.0

@@ -47,7 +47,7 @@ def train_linear(net: nn.Module, source: Source, size: int, stats_features: Tens
                  on_epoch: Callable[[dict], None] | None = None) -> dict:
     """SGD(lr, m 0.9, wd 1e-4) on LinearProbe over a frozen eval-mode backbone; keeps the best val top-1.
 
-    The probe's standardisation uses `stats_features` (unaugmented train features, SPEC). The backbone is
+    The probe's standardisation uses `stats_features` (unaugmented train features, as the original). The backbone is
     frozen and in eval mode, so the val features are fixed and evaluated from the cache each epoch.
     Returns the same keys as `train_probe_on_features`.
     """
