@@ -102,7 +102,7 @@ def training_options(ckpt: dict[str, Any]) -> dict[str, Any]:
     opt = ckpt.get("opt")
     if isinstance(opt, dict):
         return opt
-    return dict(vars(opt)) if isinstance(opt, argparse.Namespace) or hasattr(opt, "__dict__") else {}
+    return dict(vars(opt)) if hasattr(opt, "__dict__") else {}
 
 
 def raw_model_state(ckpt: dict[str, Any]) -> Any:

@@ -28,9 +28,12 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, help="data loading workers")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--learning_rate", type=float, help="base learning rate")
-    p.add_argument("--lr_decay_epochs", type=str, help="step schedule: epochs where lr *= lr_decay_rate, e.g. '140,180'")
-    p.add_argument("--lr_decay_rate", type=float, help="step decay factor (0.2)")
-    p.add_argument("--cos", action="store_true", default=None, help="cosine learning-rate schedule")
+    p.add_argument("--lr_decay_epochs", type=str, help="epochs where lr *= lr_decay_rate, e.g. '140,180'; given "
+                   "without --cos, the schedule is step (as in the original), whatever the recipe's")
+    p.add_argument("--lr_decay_rate", type=float, help="step decay factor (0.2); given without --cos, the schedule "
+                   "is step")
+    p.add_argument("--cos", action="store_true", default=None, help="cosine learning-rate schedule (with no "
+                   "schedule flag given, the recipe's schedule)")
     p.add_argument("--weight_decay", type=float, help="SGD weight decay (1e-4)")
     p.add_argument("--sgd_momentum", type=float, help="SGD momentum (0.9)")
     p.add_argument("--arch", type=str, help="resnet18, resnet34 or resnet50")
