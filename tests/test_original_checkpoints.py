@@ -28,6 +28,9 @@ from isd.train.loop import train
 
 PARTS = ("encoder_q", "encoder_k", "predict_q")
 FAST = ["--num-workers", "0", "--batch-size", "8"]
+# `isd train` values that fit the files of build_original() (width 8, small stem, K 16)
+TINY_SETS = [f"--set={k}={v}" for k, v in {"width": 8, "stem": "small", "image_size": 32, "batch_size": 4,
+                                           "queue_size": 16, "num_workers": 0, "device": "cpu"}.items()]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -230,9 +233,19 @@ def test_resuming_an_original_file_with_another_method_is_one_line(method, other
     """The original's opt has no method: it is read from the keys (labels -> ISD+, queue -> ISD, none -> BYOL)."""
     build_original(tmp_path / "orig.pth", method, "resnet18")
     argv = ["train", str(image_root), "--method", other, "--resume", str(tmp_path / "orig.pth"), "--run-dir",
-            str(tmp_path / "run"), *[f"--set={k}={v}" for k, v in
-                                     {"width": 8, "stem": "small", "image_size": 32, "batch_size": 4,
-                                      "queue_size": 16, "num_workers": 0, "device": "cpu"}.items()]]
+            str(tmp_path / "run"), *TINY_SETS]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"was trained with --method {method}, not {other}" in err[0]
+
+
+def test_an_optimizer_state_that_does_not_fit_is_one_line(image_root, tmp_path, capsys):
+    build_original(tmp_path / "orig.pth", "isd", "resnet18")
+    ckpt = torch.load(tmp_path / "orig.pth", weights_only=False)
+    ckpt["optimizer"] = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1).state_dict()  # one parameter
+    torch.save(ckpt, tmp_path / "orig.pth")
+    argv = ["train", str(image_root), "--resume", str(tmp_path / "orig.pth"), "--run-dir", str(tmp_path / "run"),
+            *TINY_SETS]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its optimizer state does not fit this model's parameters (ValueError:" in err[0]

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from isd.checkpoint_reader import our_layout, raw_model_state
+from isd.checkpoint_reader import failure_reason, our_layout, raw_model_state
 from isd.config import Config, save_yaml
 from isd.data.loaders import build_loader
 from isd.data.sources import Source, load_source
@@ -150,7 +150,7 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
         setup.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as err:
         raise UsageError(f"checkpoint {path}: its optimizer state does not fit this model's parameters "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); check --method and --arch") from None
+                         f"({failure_reason(err)}); check --method and --arch") from None
     if "rng" in state:
         ck.restore_rng(state["rng"])
     steps_done = int(state.get("step_in_epoch", 0))
