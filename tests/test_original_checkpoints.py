@@ -167,13 +167,14 @@ def eval_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("method", ["isd", "isd-plus", "byol"])
-def test_knn_and_original_eval_scripts_read_the_original_layout(method, eval_data, tmp_path, capsys):
+@pytest.mark.parametrize("method, arch", CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def test_knn_and_original_eval_scripts_read_the_original_layout(method, arch, eval_data, tmp_path, capsys):
     path = tmp_path / "ckpt_epoch_200.pth"
-    build_original(path, method, "resnet18")
+    build_original(path, method, arch)
     out = tmp_path / "out"
     assert main(["knn", str(path), str(eval_data), "--image-size", "32", "--out", str(out), *FAST]) == 0
-    assert json.loads((out / "knn.json").read_text())["backbone"]["layout"] == "original"
+    backbone = json.loads((out / "knn.json").read_text())["backbone"]
+    assert (backbone["layout"], backbone["arch"], backbone["method"]) == ("original", arch, method)
     assert eval_main("eval_knn.py", [str(eval_data), "--weights", str(path), "--save", str(out), "-j", "0"]) == 0
     assert eval_main("eval_linear.py", [str(eval_data), "--weights", str(path), "--save", str(out), "-j", "0",
                                         "--epochs", "1"]) == 0
@@ -188,12 +189,12 @@ def run_tiny(values: dict, logs: list | None = None):
     return train(build_config(None, values), log=(logs.append if logs is not None else lambda _: None))
 
 
-@pytest.mark.parametrize("method", ["isd", "isd-plus", "byol"])
-def test_resume_continues_an_original_run_queue_and_optimizer_included(method, image_root, tmp_path):
+@pytest.mark.parametrize("method, arch", CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def test_resume_continues_an_original_run_queue_and_optimizer_included(method, arch, image_root, tmp_path):
     """Epoch 2 resumed from the original-layout file equals epoch 2 resumed from our own checkpoint of the same
     state, weight for weight: the queue, its pointer and the SGD momentum came across (K = 8 = one epoch's keys,
     so a queue left at its random start would change every later loss)."""
-    base = tiny_values(image_root, tmp_path / "first", method=method, save_freq=1, seed=5, temp_t=0.05)
+    base = tiny_values(image_root, tmp_path / "first", method=method, arch=arch, save_freq=1, seed=5, temp_t=0.05)
     run_tiny({**base, "epochs": 1})
     ours = tmp_path / "first" / "ckpt_epoch_1.pth"
     state = torch.load(ours, weights_only=False)
