@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from isd.checkpoint_reader import load
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def command(data: Path, run_dir: Path, epochs: int, extra: list[str]) -> list[st
 
 
 def final_state(run_dir: Path) -> dict:
-    state = torch.load(run_dir / "ckpt_last.pth", map_location="cpu", weights_only=False)
+    state = load(run_dir / "ckpt_last.pth")
     return {"model": state["state_dict"], "optimizer": state["optimizer"]["state"], "epoch": state["epoch"]}
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from isd.checkpoint_reader import load
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +40,7 @@ def main() -> int:
     to_exit = time.perf_counter() - sent
     err_file.seek(0)
     err = err_file.read()
-    state = torch.load(run_dir / "ckpt_last.pth", map_location="cpu", weights_only=False)
+    state = load(run_dir / "ckpt_last.pth")
     rows = [json.loads(line) for line in open(log) if '"train"' in line]
     resumed = subprocess.run(argv + ["--resume", "auto", "--set", f"epochs={state['epoch']}"],
                              capture_output=True, text=True)

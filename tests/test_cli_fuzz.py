@@ -165,9 +165,9 @@ def sandbox(tmp_path_factory):
 
     real_load_backbone, loaded = isd.eval.command.load_backbone, {}
 
-    def load_backbone(path, encoder="student", arch=None):  # the sandbox checkpoint: built once per encoder/arch
+    def load_backbone(path, encoder="student", arch=None, trust=False):  # the sandbox checkpoint: once per encoder/arch
         if Path(path) != root / "backbone.pth":
-            return real_load_backbone(path, encoder, arch)
+            return real_load_backbone(path, encoder, arch, trust)
         if (encoder, arch) not in loaded:
             try:
                 loaded[encoder, arch] = real_load_backbone(path, encoder, arch)

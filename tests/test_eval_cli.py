@@ -220,3 +220,40 @@ def test_original_eval_scripts(ckpt, data, tmp_path):
     assert legacy_main("eval_linear.py", [str(data), "--weights", str(ckpt), "--save", str(tmp_path), "-j", "0",
                                           "-b", "8", "--epochs", "1", "--lr_schedule", "15,30,40"]) == 0
     assert json.loads((tmp_path / "linear.json").read_text())["epochs"] == 1
+
+
+def test_eval_knn_prints_and_logs_the_original_lines(ckpt, data, tmp_path, capsys):
+    """For each k, the original printed k, then `=> time : N.NNs` and ` * Acc NN.NN`, into SAVE/knn.logs too."""
+    import re
+
+    argv = [str(data), "--weights", str(ckpt), "--save", str(tmp_path), "-j", "0", "-b", "8"]
+    assert legacy_main("eval_knn.py", argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top1 = json.loads((tmp_path / "knn.json").read_text())["top1"]
+    assert "    k   top-1 %" in lines  # today's table stays
+    expected = []
+    for k, acc in top1.items():
+        at = lines.index(k)
+        assert re.fullmatch(r"=> time : \d+\.\d\ds", lines[at + 1]) and lines[at + 2] == f" * Acc {acc:.2f}"
+        expected += lines[at:at + 3]
+    log = (tmp_path / "knn.logs").read_text().splitlines()
+    assert log[0].startswith("eval_knn.py Namespace(") and log[1:] == expected
+    assert legacy_main("eval_knn.py", [*argv, "--debug"]) == 0  # the original's --debug: no log
+    assert (tmp_path / "knn.logs").read_text().splitlines() == log
+    capsys.readouterr()
+
+
+def test_eval_linear_prints_and_logs_acc_lines_per_epoch(ckpt, data, tmp_path, capsys):
+    """` * Acc@1 N.NNN Acc@5 N.NNN` after every epoch, on the console and appended to SAVE/logs."""
+    argv = [str(data), "--weights", str(ckpt), "--save", str(tmp_path), "-j", "0", "-b", "8", "--epochs", "2"]
+    assert legacy_main("eval_linear.py", argv) == 0
+    out = capsys.readouterr().out
+    history = json.loads((tmp_path / "linear.json").read_text())["history"]
+    expected = [f" * Acc@1 {h['top1']:.3f} Acc@5 {h['top5']:.3f}" for h in history]
+    assert len(expected) == 2 and [ln for ln in out.splitlines() if ln.startswith(" * Acc@1")] == expected
+    assert "linear probe  student" in out  # today's summary stays
+    log = (tmp_path / "logs").read_text().splitlines()
+    assert log[0].startswith("eval_linear.py Namespace(") and log[1:] == expected
+    assert legacy_main("eval_linear.py", argv) == 0  # appended, as the original's logger did
+    assert len((tmp_path / "logs").read_text().splitlines()) == 6
+    capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Losses, EMA teacher, memory queue, heads, fp32 loss under autocast, shuffle-BN: SPEC "Common", "ISD", "BYOL"."""
+"""Losses, EMA teacher, memory queue, heads, fp32 loss under autocast, shuffle-BN (docs/faithfulness.md)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def np_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def hand_kl(q: np.ndarray, k: np.ndarray, queue: np.ndarray, temp_s: float, temp_t: float) -> float:
-    """SPEC: KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)) summed over the queue, divided by the batch."""
+    """The original's loss: KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)) summed over the queue, divided by the batch."""
     p_t = np_softmax(k @ queue.T / temp_t)
     p_s = np_softmax(q @ queue.T / temp_s)
     total = 0.0
@@ -209,17 +209,20 @@ def test_memory_queue_pointer_survives_state_dict_round_trip():
     assert torch.equal(b.queue[:4], torch.ones(4, 2))
 
 
-def test_isd_queue_init_normalised_along_dim0_moco_along_dim1():
-    isd_model, plus_model, moco_model = small_model("isd"), small_model("isd-plus"), small_model("moco")
-    for model in (isd_model, plus_model):
-        q = model.queue.queue
-        torch.testing.assert_close(q.norm(dim=0), torch.ones(q.shape[1]))  # columns unit norm (SPEC quirk)
-        assert not torch.allclose(q.norm(dim=1), torch.ones(q.shape[0]))
-    q = moco_model.queue.queue
-    torch.testing.assert_close(q.norm(dim=1), torch.ones(q.shape[0]))  # every entry a unit vector
+def test_isd_queue_init_normalised_along_dim0_as_train_isd():
+    q = small_model("isd").queue.queue
+    assert q.shape == (8, 64)
+    torch.testing.assert_close(q.norm(dim=0), torch.ones(q.shape[1]))  # columns unit norm: train_isd.py's quirk
+    assert not torch.allclose(q.norm(dim=1), torch.ones(q.shape[0]))
+
+
+@pytest.mark.parametrize("method, dim", [("isd-plus", 16), ("moco", 128)])
+def test_isd_plus_and_moco_queue_init_has_unit_rows(method, dim):
+    """train_isd_plus.py normalises its fresh queue along dim 1, unlike train_isd.py: every entry a unit vector."""
+    q = small_model(method).queue.queue
+    assert q.shape == (8, dim)
+    torch.testing.assert_close(q.norm(dim=1), torch.ones(q.shape[0]))
     assert not torch.allclose(q.norm(dim=0), torch.ones(q.shape[1]))
-    assert isd_model.queue.queue.shape == (8, 64) and plus_model.queue.queue.shape == (8, 16)
-    assert moco_model.queue.queue.shape == (8, 128)
 
 
 LOSS_FNS = {"isd": (isd_module, "isd_loss"), "isd-plus": (isd_module, "isd_loss"), "moco": (moco_module, "moco_loss")}

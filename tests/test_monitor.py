@@ -36,3 +36,30 @@ def test_eval_every_without_val_split_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "--eval-every needs a labelled val split" in err[0] and "val" in err[0]
+
+
+def test_eval_every_with_subset_file_labels_queries_as_the_bank(tmp_path, monkeypatch):
+    """--subset-file keeps classes 1 and 2 of the train split, renumbered 0 and 1: the val queries must be cut to
+    those classes and numbered the same way, or every query is scored against the wrong class."""
+    import isd.eval.monitor as monitor
+
+    data = tmp_path / "data"
+    write_image_folder(data / "train", classes=3, per_class=4)
+    write_image_folder(data / "val", classes=3, per_class=2, seed=3)
+    (tmp_path / "subset.txt").write_text("class1\nclass2\n")
+    seen = []
+    real = monitor.knn_evaluate
+
+    def watch(bank, bank_y, query, query_y, **kwargs):
+        seen.append((bank_y.tolist(), query_y.tolist(), kwargs["num_classes"]))
+        return real(bank, bank_y, query, query_y, **kwargs)
+
+    monkeypatch.setattr(monitor, "knn_evaluate", watch)
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    with single_thread():
+        code = main(["train", str(data), "--epochs", "1", "--eval-every", "1", "--run-dir", str(tmp_path / "run"),
+                     "--subset-file", str(tmp_path / "subset.txt"), *sets])
+    assert code == 0 and len(seen) == 2  # student and teacher
+    for bank_y, query_y, num_classes in seen:
+        assert num_classes == 2 and sorted(set(bank_y)) == [0, 1]
+        assert query_y == [0, 0, 1, 1]  # val/class1 then val/class2; class0's images left out

@@ -155,6 +155,30 @@ def test_original_flags_map_onto_config():
     assert legacy_config("train_isd.py", ["D"]).schedule == "step"
 
 
+@pytest.mark.parametrize("script, argv, schedule", [
+    ("train_isd_plus.py", [], "cos"),  # no schedule flag: the recipe's
+    ("train_isd_plus.py", ["--lr_decay_epochs", "90,120"], "step"),
+    ("train_isd_plus.py", ["--lr_decay_rate", "0.1"], "step"),
+    ("train_isd_plus.py", ["--cos", "--lr_decay_epochs", "90,120"], "cos"),
+    ("train_byol.py", [], "cos"),
+    ("train_byol.py", ["--lr_decay_epochs", "90,120"], "step"),
+    ("train_isd.py", [], "step"),
+    ("train_isd.py", ["--cos"], "cos"),
+    ("train_isd.py", ["--lr_decay_epochs", "90,120"], "step"),
+])
+def test_schedule_flags_given_win_over_the_recipe(script, argv, schedule):
+    """As in the original scripts: --cos is cosine, a step flag without --cos is steps; neither keeps the recipe."""
+    assert legacy_config(script, ["D", *argv]).schedule == schedule
+
+
+@pytest.mark.parametrize("script", ["train_isd_plus.py", "train_byol.py"])
+def test_lr_decay_epochs_without_cos_decays_in_steps(script):
+    cfg = legacy_config(script, ["D", "--lr_decay_epochs", "90,120", "--learning_rate", "0.05"])
+    lrs = [learning_rate(e, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
+           for e in (1, 90, 91, 120, 121, 200)]
+    assert lrs == pytest.approx([0.05, 0.05, 0.01, 0.01, 0.002, 0.002])
+
+
 @pytest.mark.parametrize("script", ["train_isd.py", "train_isd_plus.py", "train_byol.py"])
 def test_weak_strong_spellings_agree(script):
     a = legacy_config(script, ["D", "--weak_strong"])

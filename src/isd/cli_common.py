@@ -9,6 +9,8 @@ from typing import Callable
 
 from isd.errors import RunStopped, UsageError
 
+TRUST_FLAG = "--trust-checkpoint-code"  # the opt-out of the safe checkpoint reader, on every command that reads one
+
 
 def one_line(message: object) -> str:
     """The message with every line break and other unprintable character escaped as Python does (\\n, \\x85,
@@ -22,6 +24,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def add_trust_flag(parser: argparse.ArgumentParser, what: str = "CKPT") -> None:
+    """TRUST_FLAG, named so that nobody sets it by accident."""
+    parser.add_argument(TRUST_FLAG, action="store_true", help=f"unpickle {what} without the safe reader's limits, "
+                        f"which lets a crafted file run code: only for a file you made or whose source you trust")
 
 
 def tolerant_output() -> None:

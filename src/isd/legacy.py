@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isd.cli_common import OneLineParser, run_guarded
+from isd.cli_common import OneLineParser, add_trust_flag, run_guarded
 from isd.config import build_config
 
 # script -> (recipe, description)
@@ -28,9 +28,12 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, help="data loading workers")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--learning_rate", type=float, help="base learning rate")
-    p.add_argument("--lr_decay_epochs", type=str, help="step schedule: epochs where lr *= lr_decay_rate, e.g. '140,180'")
-    p.add_argument("--lr_decay_rate", type=float, help="step decay factor (0.2)")
-    p.add_argument("--cos", action="store_true", default=None, help="cosine learning-rate schedule")
+    p.add_argument("--lr_decay_epochs", type=str, help="epochs where lr *= lr_decay_rate, e.g. '140,180'; given "
+                   "without --cos, the schedule is step (as in the original), whatever the recipe's")
+    p.add_argument("--lr_decay_rate", type=float, help="step decay factor (0.2); given without --cos, the schedule "
+                   "is step")
+    p.add_argument("--cos", action="store_true", default=None, help="cosine learning-rate schedule (with no "
+                   "schedule flag given, the recipe's schedule)")
     p.add_argument("--weight_decay", type=float, help="SGD weight decay (1e-4)")
     p.add_argument("--sgd_momentum", type=float, help="SGD momentum (0.9)")
     p.add_argument("--arch", type=str, help="resnet18, resnet34 or resnet50")
@@ -43,7 +46,9 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
                    "strong/strong")
     p.add_argument("--weak_strong", action="store_true", default=None, help="same as --augmentation weak/strong")
     p.add_argument("--checkpoint_path", type=str, help="run folder: checkpoints, logs, config")
-    p.add_argument("--resume", type=str, help="checkpoint to continue from, or 'auto'")
+    p.add_argument("--resume", type=str, help="checkpoint to continue from (of these scripts, `isd train` or the "
+                   "original code), or 'auto'")
+    add_trust_flag(p, "the --resume file")
     p.add_argument("--gpu", type=int, help="accepted for compatibility; use CUDA_VISIBLE_DEVICES instead")
     p.add_argument("--debug", action="store_true", help="accepted for compatibility (no effect)")
     p.add_argument("--subset-file", dest="subset_file", help="train on the images/classes listed in FILE")
@@ -53,18 +58,29 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
 
 
 def legacy_values(args: argparse.Namespace) -> dict:
+    """Config values for the flags given on the command line (every flag defaults to None: not given)."""
     rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
-    skip = {"gpu", "debug", "cos", "weak_strong", "temp"}
+    skip = {"gpu", "debug", "cos", "weak_strong", "temp", "trust_checkpoint_code"}
     values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
     if args.temp is not None:
         values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
-    if args.cos:
-        values["schedule"] = "cos"
+    values.update(schedule_values(args))
     if args.weak_strong:
         values["augmentation"] = "weak/strong"
     if values.get("resume") == "":
         values.pop("resume")
     return values
+
+
+def schedule_values(args: argparse.Namespace) -> dict:
+    """The original's rule, flag by flag: --cos means cosine; without it the scripts decay in steps at
+    --lr_decay_epochs. So a step flag given without --cos asks for steps, even where the recipe is cosine;
+    with neither, the recipe's schedule stays (its cosine replaces the scripts' stale 90,120 default)."""
+    if args.cos:
+        return {"schedule": "cos"}
+    if args.lr_decay_epochs is not None or args.lr_decay_rate is not None:
+        return {"schedule": "step"}
+    return {}
 
 
 def main(script: str, argv: list[str] | None = None) -> int:
@@ -78,7 +94,7 @@ def main(script: str, argv: list[str] | None = None) -> int:
         launched = maybe_self_launch(script, sys.argv[1:] if argv is None else list(argv), cfg.device)
         if launched is not None:  # several GPUs, no launcher: one worker per GPU has run the job
             return launched
-        train(cfg)
+        train(cfg, trust_code=args.trust_checkpoint_code)
         return 0
 
     return run_guarded(run, script)

@@ -1,4 +1,5 @@
-"""Vectorised augmentation of whole batches of uint8 images (SPEC "Augmentations").
+"""Vectorised augmentation of whole batches of uint8 images (the original's recipes,
+docs/faithfulness.md).
 
 Every op works on a float batch ``[B, C, H, W]`` in ``[0, 1]`` with per-sample random parameters and no
 Python loop over samples, so small in-memory datasets (Fashion-MNIST, CIFAR) can be augmented on the
@@ -234,7 +235,7 @@ def random_gaussian_blur(
 
 
 class BatchAugment(torch.nn.Module):
-    """A SPEC augmentation recipe applied to a whole uint8 batch at once.
+    """One of the original's augmentation recipes applied to a whole uint8 batch at once.
 
     ``strong``: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale p=0.2,
     Gaussian blur sigma ~ U[0.1, 2] p=0.5, horizontal flip p=0.5, Normalize. ``weak``: RandomResizedCrop,

@@ -79,6 +79,19 @@ def training_images(source: Source, cfg) -> Source:
     return source if picked is None else source.take(picked)
 
 
+def same_classes(source: Source, classes: list[str]) -> Source:
+    """`source` cut to `classes` (by name) and labelled by their index in that list, so that its labels mean
+    what another split's do (a train split cut by --subset-file keeps fewer classes, renumbered)."""
+    if source.classes == classes:
+        return source
+    index = {name: i for i, name in enumerate(classes)}
+    own = torch.tensor([index.get(name, -1) for name in source.classes], dtype=torch.long)
+    relabelled = own[source.targets]
+    picked = source.take((relabelled >= 0).nonzero().squeeze(1))
+    picked.targets, picked.classes = relabelled[relabelled >= 0], list(classes)
+    return picked
+
+
 def evaluation_sets(cfg, queries: str = "auto") -> tuple[Source, Source]:
     """(bank, queries) for kNN and the probe: the balanced train split (without the holdout) against the
     holdout (`queries` = holdout, or auto with a holdout) or the labelled val/test split."""
@@ -89,5 +102,8 @@ def evaluation_sets(cfg, queries: str = "auto") -> tuple[Source, Source]:
             raise UsageError("evaluating on the holdout needs holdout=N (a count of train images to hold out)")
         kept, held = holdout_split(len(train), cfg.holdout)
         return train.take(kept), train.take(held)
-    val = load_source(cfg.dataset, cfg.data, "val", cfg.subset_file)
+    val = same_classes(load_source(cfg.dataset, cfg.data, "val", None), train.classes)
+    if len(val) == 0:
+        raise UsageError(f"the val split of {cfg.data or cfg.dataset} has no images of the {len(train.classes)} "
+                         f"training classes; give a val split with the same class folders")
     return without_holdout(train, cfg), val

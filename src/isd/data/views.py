@@ -1,4 +1,4 @@
-"""The two augmentation recipes of SPEC for image files (PIL, torchvision transforms)."""
+"""The original's two augmentation recipes for image files (PIL, torchvision transforms; docs/faithfulness.md)."""
 
 from __future__ import annotations
 

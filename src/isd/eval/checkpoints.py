@@ -1,15 +1,14 @@
-"""A frozen backbone from any checkpoint: ours, the original code's (`module.encoder_q.*`), or a plain state_dict."""
+"""A frozen backbone from any checkpoint: ours, the original code's (`encoder_q.module.*`, `module.encoder_q.*`),
+or a plain state_dict. Files are read by the safe reader, `isd.checkpoint_reader`."""
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from isd import checkpoint_reader as reader
 from isd.errors import UsageError
 from isd.eval.features import teacher_with_student_bn
 from isd.nets.backbones import build_backbone, feature_dim
@@ -18,61 +17,28 @@ ENCODERS = ("student", "teacher")
 _BLOCKS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
 
 
-class _Unknown:
-    """Stands in for a pickled class that cannot be imported here (e.g. a helper of the original repo)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _Unknown
-
-
-class _LenientPickle:
-    Unpickler = _LenientUnpickler
-    load = staticmethod(pickle.load)
-    __name__ = "isd_lenient_pickle"
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except (ModuleNotFoundError, AttributeError):
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
+        obj = reader.load(path, trust_code)
+    except UsageError:
+        raise
     except Exception as err:
-        raise UsageError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+        raise UsageError(f"checkpoint {path} cannot be read ({reader.failure_reason(err)})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights (a state_dict "
                          f"or {{'state_dict': ...}})")
     return obj
 
 
-def _options(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The training options as a dict: ours are a dict, the original's an argparse Namespace (or absent)."""
-    opt = ckpt.get("opt")
-    if isinstance(opt, dict):
-        return opt
-    return dict(vars(opt)) if hasattr(opt, "__dict__") else {}
-
-
 def split_encoders(ckpt: dict[str, Any], name: str) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
     """(layout, student backbone weights, teacher backbone weights or None), heads and queue dropped."""
-    state = ckpt.get("state_dict", ckpt.get("model", ckpt))
+    state = reader.raw_model_state(ckpt)
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint {name}: 'state_dict' is a {type(state).__name__}, not a dict of tensors")
-    state = {re.sub(r"^(module\.)+", "", k): v for k, v in state.items() if isinstance(v, Tensor)}
+    state = {k: v for k, v in reader.our_layout(state).items() if isinstance(v, Tensor)}
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix):]: v for k, v in state.items()
@@ -115,18 +81,20 @@ def _build(shape: dict[str, Any], weights: dict[str, Tensor], name: str) -> nn.M
     return net.eval()
 
 
-def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "student",
-                  arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "student", arch: str | None = None,
+                  trust_checkpoint_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone (fc = Identity, eval mode) and an info dict (layout, arch, stem, width, opt...).
 
-    `teacher` gives the teacher's weights with the student's BatchNorm running statistics (SPEC); `arch`, when
-    given, must match the architecture found in the weights.
+    `teacher` gives the teacher's weights with the student's BatchNorm running statistics (as the original's
+    teacher evaluation, docs/faithfulness.md); `arch`, when given, must match the architecture found in the
+    weights. A file is read by the safe reader (isd.checkpoint_reader); `trust_checkpoint_code=True` lifts its
+    limits for a file you trust.
     """
     if encoder not in ENCODERS:
         raise UsageError(f"unknown encoder '{encoder}' (--encoder); choose student or teacher")
     is_path = not isinstance(path_or_ckpt, dict)
     name = str(path_or_ckpt) if is_path else "(in memory)"
-    ckpt = read_checkpoint(path_or_ckpt) if is_path else path_or_ckpt
+    ckpt = read_checkpoint(path_or_ckpt, trust_checkpoint_code) if is_path else path_or_ckpt
     layout, student_w, teacher_w = split_encoders(ckpt, name)
     shape = infer_shape(student_w, name)
     if arch and arch != shape["arch"]:
@@ -138,9 +106,9 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
             raise UsageError(f"checkpoint {name} has no teacher (encoder_k.*; layout '{layout}'): "
                              f"use --encoder student")
         net = teacher_with_student_bn(_build(shape, teacher_w, name), net).eval()
-    opt = _options(ckpt)
+    opt = reader.training_options(ckpt)
     info = {**shape, "layout": layout, "encoder": encoder, "feature_dim": feature_dim(shape["arch"], shape["width"]),
-            "method": ckpt.get("method", opt.get("method")), "epoch": ckpt.get("epoch"),
+            "method": reader.method_of(ckpt), "epoch": ckpt.get("epoch"),
             "image_size": opt.get("image_size"), "dataset": opt.get("dataset"),
             "torchvision_compatible": shape["stem"] == "imagenet" and shape["width"] == 64
             and shape["in_channels"] == 3}

@@ -9,12 +9,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from isd.cli_common import path_problem
+from isd.cli_common import add_trust_flag, path_problem
 from isd.config import ARCHS, DATASETS
 from isd.data.sources import Source, load_source
 from isd.errors import CheckpointWriteError, UsageError
@@ -47,6 +47,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's training size, else "
                    "224 for folders and the native size of built-in sets)")
     p.add_argument("--out", help="folder for results and cached features (default: the checkpoint's folder)")
+    add_trust_flag(p)
 
 
 def add_knn_args(p: argparse.ArgumentParser) -> None:
@@ -89,10 +90,11 @@ def register(sub) -> None:
     e.add_argument("--encoder", choices=ENCODERS, default="student")
     e.add_argument("--arch", choices=ARCHS, help="check that the checkpoint holds this architecture")
     e.add_argument("-o", "--output", help="output file (default: CKPT's folder/backbone_<encoder>.pth)")
+    add_trust_flag(e)
     e.set_defaults(handler=run_export)
 
 
-# ----------------------------------------------------------------------------------------------- shared
+# ----------------------------------------------------------------------------------------------- common
 
 
 @dataclass
@@ -158,7 +160,7 @@ def prepare(args: argparse.Namespace) -> EvalContext:
     if args.dataset in ("folder", "imagenet", "imagenet100") and not args.data:
         raise UsageError("no data folder given: pass DATA (a folder with train/ and val/ inside)")
     device = resolve_device(args.device)
-    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
+    net, info = load_backbone(args.ckpt, args.encoder, args.arch, args.trust_checkpoint_code)
     train = load_source(args.dataset, args.data, "train")
     val = load_source(args.dataset, args.data, "val")
     check_splits(train, val)
@@ -217,7 +219,8 @@ def backbone_summary(info: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- knn
 
 
-def run_knn(args: argparse.Namespace) -> int:
+def run_knn(args: argparse.Namespace, on_result: Callable[[dict], None] | None = None) -> int:
+    """`on_result` gets the report (what knn.json holds) once it is written."""
     from isd.eval.knn import knn_evaluate
 
     start = time.perf_counter()
@@ -260,6 +263,8 @@ def run_knn(args: argparse.Namespace) -> int:
         w = report["weighted"]
         print(f"weighted (k={w['k']}, T={w['T']}): {w['acc']:.2f}")
     print(f"wrote {ctx.out / 'knn.json'}")
+    if on_result is not None:
+        on_result(report)
     return 0
 
 
@@ -276,7 +281,8 @@ def parse_schedule(text: str) -> tuple[int, ...]:
     return milestones
 
 
-def run_linear(args: argparse.Namespace) -> int:
+def run_linear(args: argparse.Namespace, on_epoch: Callable[[dict], None] | None = None) -> int:
+    """`on_epoch` gets each epoch's row of the history (epoch, loss, top1, top5) as soon as it is measured."""
     from isd.eval.probe import balanced_label_subset, train_probe_on_features
 
     start = time.perf_counter()
@@ -294,7 +300,8 @@ def run_linear(args: argparse.Namespace) -> int:
         train_x, train_y = train_x[picked.to(train_x.device)], train_y[picked.to(train_y.device)]
         train_source = ctx.train.take(picked)
     num_classes = len(ctx.train.classes)
-    common = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size, seed=args.seed)
+    common = dict(epochs=args.epochs, lr=args.lr, milestones=milestones, batch_size=args.batch_size, seed=args.seed,
+                  on_epoch=on_epoch)
     if args.fast:
         result = train_probe_on_features(train_x, train_y, val_x, val_y, num_classes, progress=True, **common)
     else:
@@ -337,7 +344,7 @@ def run_export(args: argparse.Namespace) -> int:
     if out.suffix == ".json":
         raise UsageError(f"-o {out}: the metadata goes to a .json beside the weights; give the weights another "
                          f"suffix, e.g. -o {out.with_suffix('.pth')}")
-    net, info = load_backbone(args.ckpt, args.encoder, args.arch)
+    net, info = load_backbone(args.ckpt, args.encoder, args.arch, args.trust_checkpoint_code)
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     try:
         atomic_save(state, out)

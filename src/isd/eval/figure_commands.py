@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from isd.cli_common import add_trust_flag
 from isd.config import DATASETS, config_from_dict
 from isd.data.sources import load_source
 from isd.errors import UsageError
@@ -25,6 +26,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding workers for folders (default 2)")
     p.add_argument("-o", "--output", help="PNG file (default: beside CKPT)")
+    add_trust_flag(p)
 
 
 def register(sub) -> None:
@@ -81,7 +83,7 @@ def _output(args: argparse.Namespace, name: str) -> Path:
 def run_neighbors(args: argparse.Namespace) -> int:
     _check(args, {"queries": (1, 32), "anchors": (16, 1_000_000), "top": (1, 20), "seed": (0, 2**32 - 1)})
     out = _output(args, "neighbors.png")
-    ckpt = read_checkpoint(args.ckpt)
+    ckpt = read_checkpoint(args.ckpt, args.trust_checkpoint_code)
     opt = ckpt.get("opt")
     if not isinstance(opt, dict) or opt.get("method") not in ("isd", "isd-plus"):
         raise UsageError(f"checkpoint {args.ckpt} is not an ISD / ISD+ training checkpoint of `isd train` (it needs "
@@ -103,8 +105,9 @@ def run_neighbors(args: argparse.Namespace) -> int:
 def run_clusters(args: argparse.Namespace) -> int:
     _check(args, {"num_workers": (0, 256), "clusters": (2, 256), "per_row": (1, 40), "images": (2, 10_000_000), "seed": (0, 2**32 - 1)})
     out = _output(args, "clusters.png")
-    net, info = load_backbone(args.ckpt)
-    opt = read_checkpoint(args.ckpt).get("opt")
+    ckpt = read_checkpoint(args.ckpt, args.trust_checkpoint_code)
+    net, info = load_backbone(ckpt)
+    opt = ckpt.get("opt")
     source = _source(args, opt if isinstance(opt, dict) else {})
     if source.channels != info["in_channels"]:
         raise UsageError(f"checkpoint {args.ckpt} expects {info['in_channels']}-channel images, {source.name} has "

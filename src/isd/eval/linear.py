@@ -43,10 +43,11 @@ def augmented_batches(source: Source, size: int, batch_size: int, device: torch.
 def train_linear(net: nn.Module, source: Source, size: int, stats_features: Tensor, val_x: Tensor, val_y: Tensor,
                  num_classes: int, device: torch.device, epochs: int = 40, lr: float = 0.01,
                  milestones: tuple[int, ...] = (15, 30, 40), batch_size: int = 256, num_workers: int = 4,
-                 seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                 seed: int = 0, log: Callable[[str], None] = print,
+                 on_epoch: Callable[[dict], None] | None = None) -> dict:
     """SGD(lr, m 0.9, wd 1e-4) on LinearProbe over a frozen eval-mode backbone; keeps the best val top-1.
 
-    The probe's standardisation uses `stats_features` (unaugmented train features, SPEC). The backbone is
+    The probe's standardisation uses `stats_features` (unaugmented train features, as the original). The backbone is
     frozen and in eval mode, so the val features are fixed and evaluated from the cache each epoch.
     Returns the same keys as `train_probe_on_features`.
     """
@@ -81,6 +82,8 @@ def train_linear(net: nn.Module, source: Source, size: int, stats_features: Tens
                         "top5": acc[5]})
         log(f"epoch {epoch}/{epochs}  lr {lr_now:.4g}  loss {history[-1]['loss']:.4f}  "
             f"top-1 {acc[1]:.2f}  top-5 {acc[5]:.2f}")
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if acc[1] > best["best_top1"]:
             best = {"best_top1": acc[1], "best_top5": acc[5], "best_epoch": epoch,
                     "state_dict": {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}}

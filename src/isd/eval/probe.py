@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -81,6 +81,7 @@ def train_probe_on_features(
     seed: int = 0,
     progress: bool = False,
     eval_batch: int = 16384,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train a LinearProbe on cached features with the paper's recipe; keep the best val top-1 state.
 
@@ -128,6 +129,8 @@ def train_probe_on_features(
         history.append({"epoch": epoch, "loss": total_loss.item() / n, "top1": acc[1], "top5": acc[5]})
         if progress:
             print(f"epoch {epoch}/{epochs} loss {history[-1]['loss']:.4f} top1 {acc[1]:.2f} top5 {acc[5]:.2f}")
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if acc[1] > best["best_top1"]:
             best = {"best_top1": acc[1], "best_top5": acc[5], "best_epoch": epoch,
                     "state_dict": {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}}

@@ -1,4 +1,4 @@
-"""ISD and ISD+: distil the teacher's similarities to a memory queue into the student (SPEC)."""
+"""ISD and ISD+: distil the teacher's similarities to a memory queue into the student (docs/faithfulness.md)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ class ISD(MomentumMethod):
     """ResNet-18 recipe: no projection, predictor d -> d -> d, one temperature."""
 
     uses_queue = True
+    queue_init_dim = 0  # train_isd.py normalises its random initial queue along dim 0 (a quirk we reproduce)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
         super().__init__(backbone, feat_dim, cfg)
         self.temp_s, self.temp_t = cfg.temp, cfg.teacher_temp
-        self.queue = MemoryQueue(cfg.queue_size, self.embed_dim(feat_dim), init_dim=0)
+        self.queue = MemoryQueue(cfg.queue_size, self.embed_dim(feat_dim), init_dim=self.queue_init_dim)
 
     def embed_dim(self, feat_dim: int) -> int:
         return feat_dim
@@ -41,6 +42,8 @@ class ISD(MomentumMethod):
 
 class ISDPlus(ISD):
     """ResNet-50 recipe: MLP projection on student and teacher, MLP predictor, two temperatures."""
+
+    queue_init_dim = 1  # train_isd_plus.py starts from unit rows
 
     def embed_dim(self, feat_dim: int) -> int:
         return feat_dim // 4

@@ -1,4 +1,4 @@
-"""The shared core: a student, its momentum (EMA) teacher, shuffle-BN and the memory queue.
+"""The common core: a student, its momentum (EMA) teacher, shuffle-BN and the memory queue.
 
 Attribute names follow the original code so checkpoints keep its keys: `encoder_q` (student
 backbone with its projection as `fc`), `encoder_k` (teacher), `predict_q` (student predictor),
@@ -42,7 +42,8 @@ class MemoryQueue(nn.Module):
 
     def __init__(self, size: int, dim: int, init_dim: int = 1) -> None:
         super().__init__()
-        # `init_dim` = 0 reproduces ISD's normalisation of the random init along the wrong axis (SPEC quirk).
+        # `init_dim` = 0 reproduces train_isd.py's normalisation of the random init along the wrong axis
+        # (docs/faithfulness.md); 1 gives unit rows, as train_isd_plus.py and MoCo start.
         self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=init_dim))
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
@@ -90,7 +91,7 @@ class MomentumMethod(nn.Module):
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
-    # --- shared machinery -----------------------------------------------------------------------
+    # --- common machinery -----------------------------------------------------------------------
     def _param_lists(self) -> tuple[list[Tensor], list[Tensor]]:
         if self._pairs is None:
             self._pairs = ([p for p in self.encoder_k.parameters()], [p for p in self.encoder_q.parameters()])

@@ -1,4 +1,4 @@
-"""Backbones (torchvision ResNets) and the MLP heads of SPEC."""
+"""Backbones (torchvision ResNets) and the MLP heads of the original code (docs/faithfulness.md)."""
 
 from isd.nets.backbones import build_backbone, feature_dim
 from isd.nets.heads import mlp, isd_predictor

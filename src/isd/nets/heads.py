@@ -1,4 +1,5 @@
-"""The heads of SPEC. Every MLP is Linear -> BN1d -> ReLU -> Linear unless said otherwise."""
+"""The heads of the original code (docs/faithfulness.md). Every MLP is Linear -> BN1d -> ReLU -> Linear unless
+said otherwise."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from isd import checkpoint_reader as reader
 from isd.errors import CheckpointWriteError, UsageError
 
 LAST = "ckpt_last.pth"  # a link to the newest rolling checkpoint
@@ -108,7 +109,10 @@ def point_last_at(path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, *rest = np.random.get_state()
+    # numpy's key as a plain list: the file then needs no numpy type to load (the safe reader knows numpy's array
+    # pickling only under the installed numpy's names, which changed in numpy 2)
+    state = {"torch": torch.get_rng_state(), "numpy": (name, keys.tolist(), *rest), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -116,7 +120,8 @@ def rng_state() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -129,24 +134,30 @@ def make_checkpoint(cfg, model, optimizer, epoch: int, step_in_epoch: int = 0) -
             "rng": rng_state(), "format": "isd-ssl/1"}
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """Load a checkpoint, first checking its sha256 sidecar when there is one; raise ValueError if corrupt."""
+def verify(path: Path, trust_code: bool = False) -> dict[str, Any]:
+    """Load a checkpoint, first checking its sha256 sidecar when there is one; raise ValueError if corrupt,
+    UnsafeCheckpoint if it holds a type the safe reader refuses."""
     sidecar = checksum_path(path.resolve())
     if sidecar.is_file():
         expected = sidecar.read_bytes().split()[0].decode()
         if file_sha256(path) != expected:
             raise ValueError(f"its sha256 does not match {sidecar.name}: the file is corrupt or truncated")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state = reader.load(path, trust_code)
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a training checkpoint")
+    return state
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist (--resume)")
     try:
-        return verify(path)
+        return verify(path, trust_code)
+    except reader.UnsafeCheckpoint:
+        raise
     except Exception as err:
-        raise UsageError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated: "
+        raise UsageError(f"checkpoint {path} cannot be read ({reader.failure_reason(err)}); it may be truncated: "
                          f"resume from an earlier checkpoint, or use --resume auto to pick the newest good one"
                          ) from None
 
@@ -166,14 +177,18 @@ def checkpoints_newest_first(run_dir: Path, steps_per_epoch: int = 1) -> list[Pa
     return [path for _, path in sorted(ranked, key=lambda item: item[0], reverse=True)]
 
 
-def load_latest(run_dir: Path, warn=print, steps_per_epoch: int = 1) -> tuple[Path, dict[str, Any]] | None:
-    """The newest good checkpoint of a run folder (`--resume auto`); a bad one is named and the previous used."""
+def load_latest(run_dir: Path, warn=print, steps_per_epoch: int = 1,
+                trust_code: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The newest good checkpoint of a run folder (`--resume auto`); a bad one is named and the previous used.
+    A file the safe reader refuses stops the search: it was put there, it did not go bad by accident."""
     skipped: list[str] = []
     for path in checkpoints_newest_first(run_dir, steps_per_epoch):
         try:
-            state = verify(path)
+            state = verify(path, trust_code)
+        except reader.UnsafeCheckpoint:
+            raise
         except Exception as err:
-            skipped.append(f"{path} ({type(err).__name__}: {err})")
+            skipped.append(f"{path} ({reader.failure_reason(err)})")
             continue
         for bad in skipped:
             warn(f"warning: checkpoint {bad} is unreadable; resuming from {path} instead")
@@ -184,11 +199,8 @@ def load_latest(run_dir: Path, warn=print, steps_per_epoch: int = 1) -> tuple[Pa
 
 
 def check_compatible(ckpt: dict[str, Any], cfg, path: Path) -> None:
-    opt = ckpt.get("opt") or {}
-    if not isinstance(opt, dict):  # the original scripts store an argparse.Namespace
-        opt = vars(opt) if hasattr(opt, "__dict__") else {}
-    method = ckpt.get("method", opt.get("method"))
-    arch = ckpt.get("arch", opt.get("arch"))
+    method = reader.method_of(ckpt)
+    arch = ckpt.get("arch", reader.training_options(ckpt).get("arch"))
     if method and method != cfg.method:
         raise UsageError(f"checkpoint {path} was trained with --method {method}, not {cfg.method}: "
                          f"resume with --method {method} or start a new run folder")

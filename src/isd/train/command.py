@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from isd.cli_common import add_trust_flag
 from isd.config import ARCHS, DATASETS, FIELDS, METHODS, build_config, recipe_description, recipe_names
 
 
@@ -28,7 +29,9 @@ def register(sub) -> None:
     p.add_argument("--queue-size", type=int, help="memory queue size K (multiple of the batch)")
     p.add_argument("--augmentation", help="KEY/QUERY recipes, e.g. weak/strong")
     p.add_argument("--run-dir", help="run folder for checkpoints, logs and config (default runs/isd)")
-    p.add_argument("--resume", help="checkpoint path, or 'auto' for the newest one in the run folder")
+    p.add_argument("--resume", help="checkpoint path (of `isd train`, the train_*.py scripts or the original code), "
+                   "or 'auto' for the newest one in the run folder")
+    add_trust_flag(p, "the --resume file")
     p.add_argument("--ckpt-every-steps", type=int, help="also checkpoint every N steps inside an epoch (resume "
                    "continues at that step); 0 = epoch ends only")
     p.add_argument("--keep-checkpoints", type=int, help="rolling checkpoints kept in the run folder (default 3)")
@@ -62,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.eval_every:
         from isd.eval.monitor import knn_monitor
         hooks = knn_monitor(cfg)
-    train(cfg, on_epoch_end=hooks)
+    train(cfg, on_epoch_end=hooks, trust_code=args.trust_checkpoint_code)
     return 0
 
 

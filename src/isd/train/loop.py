@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from isd.checkpoint_reader import failure_reason, our_layout, raw_model_state
 from isd.config import Config, save_yaml
 from isd.data.loaders import build_loader
 from isd.data.sources import Source, load_source
@@ -82,7 +83,7 @@ def image_size_and_stem(cfg: Config, source: Source) -> tuple[int, str]:
     return size, stem
 
 
-def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
+def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = False) -> Setup:
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     if cfg.batch_size % world:
@@ -108,7 +109,7 @@ def build(cfg: Config, log: Callable[[str], None] = print) -> Setup:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
-    resume(setup, log)
+    resume(setup, log, trust_code)
     return setup
 
 
@@ -120,29 +121,37 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
 
 
-def resume(setup: Setup, log: Callable[[str], None]) -> None:
+def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> None:
+    """Continue from `--resume`: a checkpoint of ours or of the original scripts (their keys are mapped onto
+    ours; their queue, pointer and optimizer state are restored as the original's own --resume did)."""
     cfg = setup.cfg
     if not cfg.resume:
         return
     if cfg.resume == "auto":
-        found = ck.load_latest(setup.run_dir, warn=log, steps_per_epoch=len(setup.source) // cfg.batch_size)
+        found = ck.load_latest(setup.run_dir, warn=log, steps_per_epoch=len(setup.source) // cfg.batch_size,
+                               trust_code=trust_code)
         if found is None:
             log(f"--resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
             return
         path, state = found
     else:
-        path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume)
+        path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume, trust_code)
     ck.check_compatible(state, cfg, path)
     if "optimizer" not in state or "epoch" not in state:
         raise UsageError(f"checkpoint {path} has no optimizer state: it is not a training checkpoint of `isd train` "
                          f"(evaluate it with `isd knn` / `isd linear`, or start a new run without --resume)")
     try:
-        setup.model.load_state_dict(state["state_dict"])
-    except RuntimeError as err:
+        setup.model.load_state_dict(our_layout(raw_model_state(state)))
+    except (RuntimeError, AttributeError) as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        first = first if len(first) <= 300 else first[:300] + "..."
         raise UsageError(f"checkpoint {path} does not fit this model ({first}); check --arch, --queue_size "
                          f"and the method's heads") from None
-    setup.optimizer.load_state_dict(state["optimizer"])
+    try:
+        setup.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"checkpoint {path}: its optimizer state does not fit this model's parameters "
+                         f"({failure_reason(err)}); check --method and --arch") from None
     if "rng" in state:
         ck.restore_rng(state["rng"])
     steps_done = int(state.get("step_in_epoch", 0))
@@ -151,8 +160,10 @@ def resume(setup: Setup, log: Callable[[str], None]) -> None:
     log(f"resumed from {path}: epoch {state['epoch']}" + (f", step {steps_done}" if steps_done else ""))
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None) -> Setup:
-    setup = build(cfg, log)
+def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
+          trust_code: bool = False) -> Setup:
+    """`trust_code`: unpickle the --resume checkpoint without the safe reader's limits (--trust-checkpoint-code)."""
+    setup = build(cfg, log, trust_code)
     cfg, model = setup.cfg, setup.model
     main_process = setup.rank == 0
     if main_process:

@@ -1,4 +1,4 @@
-"""SPEC's learning-rate schedules, evaluated once per epoch with epochs counted from 1."""
+"""The original's learning-rate schedules (docs/faithfulness.md), evaluated once per epoch, epochs counted from 1."""
 
 from __future__ import annotations
 
