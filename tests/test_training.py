@@ -25,8 +25,8 @@ from isd.train.schedule import learning_rate
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-RECIPES = ["byol-r18-imagenet", "isd-fmnist-demo", "isd-plus-r50-imagenet", "isd-r18-fmnist", "isd-r18-imagenet",
-           "moco-r18-imagenet"]
+RECIPES = ["byol-r18-fmnist", "byol-r18-imagenet", "isd-fmnist-demo", "isd-plus-r18-fmnist", "isd-plus-r50-imagenet",
+           "isd-r18-fmnist", "isd-r18-imagenet", "moco-r18-fmnist", "moco-r18-imagenet", "supervised-r18-fmnist"]
 
 
 # ------------------------------------------------------------------------------------------ LR schedule
@@ -114,11 +114,11 @@ def test_unknown_key_in_values_is_rejected():
     assert "unknown config key 'learning_rate' in the command line" in str(err.value)
 
 
-def test_isd_recipes_lists_all_six(capsys):
+def test_isd_recipes_lists_them_all(capsys):
     assert sorted(recipe_names()) == RECIPES
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and [line.split()[0] for line in lines] == RECIPES
+    assert len(lines) == len(RECIPES) and [line.split()[0] for line in lines] == RECIPES
     assert all(len(line.split()) > 1 for line in lines)  # each with its description
     assert main(["recipes", "isd-plus-r50-imagenet"]) == 0
     out = capsys.readouterr().out
