@@ -269,3 +269,16 @@ def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "stale" not in text and text.startswith("# title\n") and text.endswith("tail\n")
     assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False)
+
+
+def test_a_cell_started_with_another_config_is_not_resumed(tmp_path, capsys):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets:\n  smoke:\n    set: {epochs: 2, "
+                         "width: 8}\n")
+    cell = load_plan(str(plan_file)).cells("smoke")[0]
+    run_dir = tmp_path / "exp" / cell.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("epochs: 4\nwidth: 8\nnum_workers: 3\n")
+    assert main(["experiment", str(plan_file), "--budget", "smoke", "--out", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert "started with another config (epochs 4 -> 2)" in err and "num_workers" not in err

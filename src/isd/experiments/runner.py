@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from isd.data.splits import common_class_ids, evaluation_sets
+from isd.errors import UsageError
 from isd.eval.monitor import knn_monitor
 from isd.experiments.evaluate import capped_sets, encoder_features, metrics, pixel_features
 from isd.experiments.plans import Cell, Plan
@@ -109,6 +111,7 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     started = time.perf_counter()
     cfg = cell.config(run_dir, data)
     cfg.device = device_name if device_name != "auto" else cfg.device
+    check_same_config(run_dir, cfg)
     bank, queries = capped_sets(*evaluation_sets(cfg, plan.queries), cfg.eval_max_images)
     device = resolve_device(cfg.device)
     train_info: dict = {}
@@ -148,6 +151,24 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+# what may differ between a cell's first run and its resumption: where and how it runs, not what it computes
+RUN_ONLY_KEYS = {"resume", "run_dir", "device", "num_workers", "print_freq", "data"}
+
+
+def check_same_config(run_dir: Path, cfg) -> None:
+    """An unfinished cell resumes only under the config it started with (a changed plan would mix two runs)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    before = yaml.safe_load(path.read_text()) or {}
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RUN_ONLY_KEYS and k in before and before[k] != now[k])
+    if changed:
+        diff = ", ".join(f"{k} {before[k]} -> {now[k]}" for k in changed[:4])
+        raise UsageError(f"cell {run_dir} was started with another config ({diff}); delete that folder to run the "
+                         f"cell afresh, or pass another --out")
 
 
 def training_summary(run_dir: Path, cfg, images: int, seconds: float) -> dict:
