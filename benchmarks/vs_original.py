@@ -1,0 +1,161 @@
+"""Training speed of the original ISD code and of isd, side by side: same folder of JPEGs, same command line.
+
+Each implementation runs its own `train_isd.py` / `train_byol.py` / `train_isd_plus.py` as a separate process
+for two epochs on a synthetic ImageFolder of ImageNet-like JPEGs; the second epoch is timed from each one's own
+log (the original prints `epoch 2, total time T`; isd's log.jsonl stamps the end of each epoch), so start-up and
+the first epoch's warm-up are left out. Result: images/s of each and the ratio isd / original, as JSON.
+
+On a machine without a GPU the original cannot run as written (it calls `.cuda()`); the harness then puts a
+`sitecustomize.py` on the original's PYTHONPATH that makes the CUDA calls no-ops, and lists those patches in the
+output. Nothing of the original is imported here or copied into the project.
+
+    python benchmarks/vs_original.py --images 320 --batch 32 --workers 2 --out benchmarks/results/vs_original_cpu.json
+    python benchmarks/vs_original.py --scripts train_isd.py train_byol.py --images 12800 --batch 256 --workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from isd.experiments.provenance import code_version, device_name  # noqa: E402
+
+CPU_PATCHES = {
+    "torch.Tensor.cuda -> returns the tensor (stays on the CPU)": "torch.Tensor.cuda = lambda self, *a, **k: self",
+    "torch.nn.Module.cuda -> returns the module": "torch.nn.Module.cuda = lambda self, *a, **k: self",
+    "torch.cuda.synchronize -> no-op": "torch.cuda.synchronize = lambda *a, **k: None",
+    "torch.cuda.empty_cache -> no-op": "torch.cuda.empty_cache = lambda *a, **k: None",
+}
+# isd's wrappers take the original flags; --device and --seed are isd's own
+COMMON_FLAGS = ["--epochs", "2", "--save_freq", "100", "--print_freq", "1"]
+
+
+def make_folder(root: Path, images: int, classes: int, size: tuple[int, int], seed: int = 0) -> Path:
+    """root/train/<class>/<i>.JPEG: smooth random colour fields with noise (they compress like photos)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(images):
+        folder = root / "train" / f"n{i % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = rng.integers(0, 255, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        noisy = np.asarray(img, dtype=np.int16) + rng.integers(-12, 12, (h, w, 3))
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{i:06d}.JPEG", quality=90)
+    return root
+
+
+def run(cmd: list[str], env: dict, log: Path, timeout: int) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    if done.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def original_epoch_seconds(log: Path) -> float:
+    found = re.findall(r"epoch 2, total time ([0-9.]+)", log.read_text())
+    if not found:
+        raise RuntimeError(f"no 'epoch 2, total time' line in {log}")
+    return float(found[-1])
+
+
+def isd_epoch_seconds(run_dir: Path) -> float:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    ends = {}
+    for r in rows:
+        if r.get("kind") == "train":
+            ends[r["epoch"]] = r["time"]
+    return ends[2] - ends[1]
+
+
+def measure(script: str, args, data: Path, work: Path) -> dict:
+    images = (args.images // args.batch) * args.batch  # drop_last: the images an epoch trains on
+    flags = [str(data), *COMMON_FLAGS, "--batch_size", str(args.batch), "--num_workers", str(args.workers),
+             "--arch", args.arch, "--queue_size", str(args.queue)]
+    if script == "train_isd_plus.py":
+        flags += ["--augmentation", "weak/strong"]
+    out: dict = {"script": script, "images_per_epoch": images}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    original_env = dict(env)
+    patches = []
+    if not torch.cuda.is_available():
+        patch_dir = work / "patches"
+        patch_dir.mkdir(exist_ok=True)
+        (patch_dir / "sitecustomize.py").write_text("import torch\n" + "\n".join(CPU_PATCHES.values()) + "\n")
+        original_env["PYTHONPATH"] = os.pathsep.join([str(patch_dir), env.get("PYTHONPATH", "")])
+        patches = list(CPU_PATCHES)
+    original_dir = work / f"original_{script[:-3]}"
+    seconds = run([sys.executable, str(args.original / script), *flags, "--checkpoint_path", str(original_dir)],
+                  original_env, work / f"original_{script}.log", args.timeout)
+    epoch = original_epoch_seconds(work / f"original_{script}.log")
+    out["original"] = {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
+                       "wall_seconds": round(seconds, 1), "patches": patches}
+    ours_dir = work / f"isd_{script[:-3]}"
+    extra = ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
+    seconds = run([sys.executable, str(ROOT / script), *flags, "--checkpoint_path", str(ours_dir), *extra,
+                   *args.isd_flags], env, work / f"isd_{script}.log", args.timeout)
+    epoch = isd_epoch_seconds(ours_dir)
+    out["isd"] = {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
+                  "wall_seconds": round(seconds, 1), "extra_flags": [*extra, *args.isd_flags]}
+    out["ratio"] = round(out["isd"]["images_per_s"] / out["original"]["images_per_s"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--original", type=Path, default=ROOT.parent / "shared" / "reference" / "original-isd",
+                    help="a clone of the original code (default ../shared/reference/original-isd)")
+    ap.add_argument("--scripts", nargs="+", default=["train_isd.py"],
+                    choices=["train_isd.py", "train_byol.py", "train_isd_plus.py"])
+    ap.add_argument("--images", type=int, default=320)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--queue", type=int, default=256, help="queue size (a multiple of the batch)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--isd-flags", nargs="*", default=[], help="extra flags for isd's runs, e.g. --set amp=bf16")
+    ap.add_argument("--data", type=Path, help="an existing ImageFolder to use instead of a synthetic one")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--out", type=Path, help="JSON file for the result (default: print only)")
+    args = ap.parse_args()
+    if not (args.original / "train_isd.py").is_file():
+        sys.exit(f"no original code in {args.original} (--original): point it at a clone of the original ISD repo")
+    with tempfile.TemporaryDirectory(prefix="isd_vs_original_") as tmp:
+        work = Path(tmp)
+        data = args.data or make_folder(work / "data", args.images, args.classes, tuple(args.size))
+        runs = []
+        for script in args.scripts:
+            runs.append(measure(script, args, data, work))
+            print(json.dumps(runs[-1]), flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {**code_version(), "torch": torch.__version__, "device": device_name(device),
+              "python": platform.python_version(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "setup": {"images": args.images, "image_size": list(args.size), "batch": args.batch,
+                        "workers": args.workers, "arch": args.arch, "queue": args.queue,
+                        "measured": "second epoch, from each implementation's own log"},
+              "runs": runs}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({r["script"]: r["ratio"] for r in runs}))
+
+
+if __name__ == "__main__":
+    main()
