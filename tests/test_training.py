@@ -19,6 +19,7 @@ from isd.config import Config, build_config, recipe_names
 from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
 from isd.errors import UsageError
 from isd.legacy import legacy_parser, legacy_values
+from isd.runtime import file_sha256
 from isd.train import checkpoint as ck
 from isd.train.loop import train
 from isd.train.schedule import learning_rate
@@ -302,7 +303,7 @@ def test_keep_checkpoints_prunes_rolling_files_but_never_epoch_files(image_root,
                      "ckpt_last.pth", "ckpt_step_00000005.pth", "ckpt_step_00000005.pth.sha256",
                      "ckpt_step_00000006.pth", "ckpt_step_00000006.pth.sha256"]
     line = (tmp_path / "ckpt_step_00000006.pth.sha256").read_text()
-    assert line.split() == [ck.file_sha256(tmp_path / "ckpt_step_00000006.pth"), "ckpt_step_00000006.pth"]
+    assert line.split() == [file_sha256(tmp_path / "ckpt_step_00000006.pth"), "ckpt_step_00000006.pth"]
 
 
 def test_run_folder_contents_and_log(isd_run):

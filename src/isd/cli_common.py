@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable
 
@@ -54,16 +53,3 @@ def run_guarded(fn: Callable[[], int], prog: str) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
-
-def path_problem(path: str) -> str | None:
-    """Why `path` can never be used (a name too long for the filesystem, a loop of links...), or None. A path that
-    merely does not exist yet is left to the check that needs it (a data folder, a run folder to create)."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        return err.strerror or type(err).__name__
-    except ValueError as err:  # a NUL byte: a YAML value can hold one, a command line cannot
-        return str(err)
-    return None

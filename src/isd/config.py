@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from isd.cli_common import path_problem
 from isd.errors import UsageError
+from isd.runtime import path_problem
 
 METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
 ARCHS = ("resnet18", "resnet34", "resnet50")

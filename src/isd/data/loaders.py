@@ -20,7 +20,7 @@ from isd.data.decode import open_rgb
 from isd.data.sources import Source
 from isd.data.views import eval_transform, train_transform
 from isd.errors import UsageError
-from isd.train.preemption import ignore_stop_signals
+from isd.runtime import ignore_stop_signals
 
 
 MAX_REPLACEMENT_TRIES = 64

@@ -14,13 +14,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from isd.cli_common import add_trust_flag, path_problem
+from isd.cli_common import add_trust_flag
 from isd.config import ARCHS, DATASETS
 from isd.data.sources import Source, load_source
 from isd.errors import CheckpointWriteError, UsageError
 from isd.eval.checkpoints import ENCODERS, load_backbone
+from isd.runtime import path_problem, resolve_device
 from isd.train.checkpoint import atomic_save
-from isd.train.loop import resolve_device
 
 CACHE_VERSION = 1
 

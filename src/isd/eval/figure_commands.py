@@ -12,7 +12,8 @@ from isd.errors import UsageError
 from isd.eval.checkpoints import load_backbone, read_checkpoint
 from isd.eval.figures import cluster_rows, draw_clusters, draw_neighbours, neighbour_rows
 from isd.methods import build_method
-from isd.train.loop import image_size_and_stem, resolve_device
+from isd.runtime import resolve_device
+from isd.train.loop import image_size_and_stem
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

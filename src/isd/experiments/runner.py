@@ -22,8 +22,8 @@ from isd.experiments.evaluate import capped_sets, encoder_features, metrics, pix
 from isd.experiments.plans import Cell, Plan
 from isd.experiments.provenance import provenance
 from isd.methods import build_method
-from isd.train.checkpoint import write_atomic
-from isd.train.loop import image_size_and_stem, resolve_device, train
+from isd.runtime import resolve_device, write_atomic
+from isd.train.loop import image_size_and_stem, train
 
 RESULT = "result.json"
 CLAIM = ".claim"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 
 from isd import checkpoint_reader as reader
 from isd.errors import CheckpointWriteError, UsageError
+from isd.runtime import checksum_path, file_sha256, write_checked
 
 LAST = "ckpt_last.pth"  # a link to the newest rolling checkpoint
 STEP_FILE = re.compile(r"ckpt_step_(\d+)\.pth$")
@@ -29,31 +28,6 @@ def epoch_name(epoch: int) -> str:
 
 def step_name(global_step: int) -> str:
     return f"ckpt_step_{global_step:08d}.pth"
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -70,11 +44,8 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 
 
 def _write_checked(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write_atomic(path, write)
-        line = file_sha256(path).encode() + b"  " + os.fsencode(path.name) + b"\n"  # any file name, as sha256sum
-        write_atomic(checksum_path(path), lambda fh: fh.write(line))
+        write_checked(path, write)
     except OSError as err:
         reason = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
         earlier = [p.name for p in checkpoints_newest_first(path.parent) if p != path]

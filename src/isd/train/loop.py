@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from isd.checkpoint_reader import failure_reason, our_layout, raw_model_state
@@ -21,6 +20,7 @@ from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
 from isd.errors import Preempted, UsageError
 from isd.methods import build_method
+from isd.runtime import init_distributed, resolve_device
 from isd.train import checkpoint as ck
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
@@ -42,26 +42,6 @@ class Setup:
     optimizer: torch.optim.Optimizer
     start_epoch: int = 1
     start_step: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda -> the device of this process (its LOCAL_RANK's GPU under torchrun)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu (or auto)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    torch.cuda.set_device(local)
-    return torch.device("cuda", local)
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Joins the process group when started by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def prepare_run_dir(path: str) -> Path:

@@ -12,15 +12,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
-
-
-def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """For DataLoader workers (`worker_init_fn`): the main process handles these signals (checkpoint, then stop);
-    a worker killed by the terminal's Ctrl-C, sent to the whole process group, would crash it."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
+from isd.runtime import SIGNALS
 
 class StopRequests:
     def __init__(self, world: int = 1) -> None:
