@@ -107,7 +107,7 @@ def train_stand_in(cfg, *args, **kwargs):
     for epoch in sorted({1, *[e + 1 for e in cfg.lr_decay_epochs if e < cfg.epochs], cfg.epochs}):
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
         assert math.isfinite(lr) and lr >= 0, f"accepted a config whose epoch-{epoch} learning rate is {lr}"
-    assert all(math.isfinite(v) for v in (cfg.temp, cfg.teacher_temp, cfg.ema, *cfg.crop_scale)), cfg
+    assert all(math.isfinite(v) for v in (cfg.temp_student, cfg.temp_infonce, cfg.ema, *cfg.crop_scale)), cfg
     torch.empty(0).new_empty((cfg.queue_size, 0))  # the queue's length as a tensor dimension, no memory
     raise WouldCompute("train")
 
@@ -323,7 +323,7 @@ def _set_value(key: str) -> st.SearchStrategy[str]:
         valid = st.tuples(st.floats(0.01, 0.5), st.floats(0.5, 1)).map(lambda t: f"{t[0]},{t[1]}")
     elif isinstance(default, tuple):
         valid = st.lists(st.integers(1, 300).map(str), max_size=3).map(",".join)
-    elif isinstance(default, float) or key == "temp_t":
+    elif isinstance(default, float) or key == "temp_teacher":
         valid = st.floats(1e-3, 0.99).map(repr)
     else:
         valid = st.integers(0, 64).map(str)

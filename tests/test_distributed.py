@@ -95,9 +95,9 @@ def harness_train(spec: dict) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # this rank alone is told to stop, during its second step
         if spec.get("float64"):
             key, query = key.double(), query.double()
-        loss, stats = forward(self, key, query, labels)
-        losses.append(float(loss.detach()))
-        return loss, stats
+        step = forward(self, key, query, labels)
+        losses.append(float(step.loss.detach()))
+        return step
 
     MomentumMethod.forward = recording_forward
     if spec.get("float64"):  # model, queue and loss in float64: what is left of a difference is the algorithm's

@@ -53,8 +53,9 @@ class Config:
     # method
     ema: float = 0.999  # teacher momentum m
     queue_size: int = 128000
-    temp: float = 0.02  # student temperature (ISD: the one T; MoCo: the InfoNCE T)
-    temp_t: float | None = None  # teacher temperature; None = same as temp
+    temp_student: float = 0.02  # ISD, ISD+: the student's temperature (ISD's one T)
+    temp_teacher: float | None = None  # ISD, ISD+: the teacher's temperature; None = temp_student
+    temp_infonce: float = 0.2  # MoCo: the InfoNCE temperature
     # engine
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
@@ -87,12 +88,18 @@ class Config:
     def query_aug(self) -> str:
         return self.augmentation.split("/")[1]
 
-    @property
-    def teacher_temp(self) -> float:
-        return self.temp if self.temp_t is None else self.temp_t
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# the original scripts' names, still read from their flags, recipes, plans and older checkpoints: `temp` was the
+# one temperature of every method (ISD's T, MoCo's InfoNCE T), `temp_t` the teacher's
+ALIASES = ("temp", "temp_t")
+
+
+def alias_target(name: str, method: str) -> str:
+    if name == "temp_t":
+        return "temp_teacher"
+    return "temp_infonce" if method == "moco" else "temp_student"
 
 
 def recipe_names() -> list[str]:
@@ -163,8 +170,10 @@ def _type_name(default: Any, name: str) -> str:
 
 
 def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:
-    for name, raw in values.items():
-        name = name.replace("-", "_")
+    named = [(name.replace("-", "_"), raw) for name, raw in values.items()]
+    for name, raw in sorted(named, key=lambda item: item[0] in ALIASES):  # an alias after the method it depends on
+        if name in ALIASES:
+            name = alias_target(name, cfg.method)
         if name not in FIELDS:
             close = [f for f in FIELDS if f.startswith(name[:3])]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -205,8 +214,8 @@ def validate(cfg: Config) -> None:
             raise UsageError(message)
 
     # any number first: finite floats, integers a 64-bit value holds (torch, numpy and the seeds need both)
-    flags = {"lr": "--lr / --learning_rate", "ema": "--momentum / --set ema", "temp": "--temp / --temp_s",
-             "temp_t": "--temp_t", "epochs": "--epochs", "batch_size": "--batch_size", "queue_size": "--queue_size",
+    flags = {"lr": "--lr / --learning_rate", "ema": "--momentum / --set ema", "temp_student": "--temp / --temp_s",
+             "temp_teacher": "--temp_t", "epochs": "--epochs", "batch_size": "--batch_size", "queue_size": "--queue_size",
              "seed": "--seed", "num_workers": "--num_workers", "lr_decay_rate": "--lr_decay_rate",
              "lr_decay_epochs": "--lr_decay_epochs", "weight_decay": "--weight_decay",
              "sgd_momentum": "--sgd_momentum", "save_freq": "--save_freq", "print_freq": "--print_freq",
@@ -242,8 +251,9 @@ def validate(cfg: Config) -> None:
          f"{','.join(map(str, cfg.lr_decay_epochs))}")
     need(8 <= cfg.width <= 1024, f"width must be in [8, 1024] (64 is torchvision's ResNet), got {cfg.width}")
     need(0.0 <= cfg.ema < 1.0, f"teacher momentum (--momentum / ema) must be in [0, 1), got {cfg.ema}")
-    need(cfg.temp >= 1e-3 and cfg.teacher_temp >= 1e-3, f"temperatures (--temp, --temp_s, --temp_t) must be >= "
-         f"0.001 (ISD uses 0.02), got {cfg.temp} and teacher {cfg.teacher_temp}")
+    temps = (cfg.temp_student, cfg.temp_student if cfg.temp_teacher is None else cfg.temp_teacher, cfg.temp_infonce)
+    need(min(temps) >= 1e-3, f"temperatures (--temp, --temp_s, --temp_t, temp_infonce) must be >= 0.001 (ISD uses "
+         f"0.02), got student {temps[0]}, teacher {temps[1]}, InfoNCE {temps[2]}")
     need(cfg.save_freq >= 1 and cfg.print_freq >= 1, "--save_freq and --print_freq must be >= 1")
     need(cfg.ckpt_every_steps >= 0, f"--ckpt-every-steps must be >= 0 (0 = epoch ends only), got {cfg.ckpt_every_steps}")
     need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
@@ -285,5 +295,5 @@ def save_yaml(cfg: Config, path: Path) -> None:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    known = {k: v for k, v in values.items() if k in FIELDS}
+    known = {k: v for k, v in values.items() if k in FIELDS or k in ALIASES}
     return apply_values(Config(), known, "a checkpoint")

@@ -59,11 +59,12 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
 
 def legacy_values(args: argparse.Namespace) -> dict:
     """Config values for the flags given on the command line (every flag defaults to None: not given)."""
-    rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
+    rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp_student",
+              "temp_t": "temp_teacher"}
     skip = {"gpu", "debug", "cos", "weak_strong", "temp", "trust_checkpoint_code"}
     values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
     if args.temp is not None:
-        values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
+        values.setdefault("temp_student", args.temp)  # --temp_s wins over --temp when both are given
     values.update(schedule_values(args))
     if args.weak_strong:
         values["augmentation"] = "weak/strong"

@@ -85,7 +85,7 @@ def neighbour_rows(model: nn.Module, cfg, source: Source, size: int, device: tor
     key_views, query_views = key_aug(images, generator=gen), query_aug(images, generator=gen)
     k = model.teacher_embed(key_views.to(device))
     q = model.student_embed(query_views.to(device))
-    temp_t, temp_s = cfg.teacher_temp, cfg.temp
+    temp_t, temp_s = model.temp_teacher, model.temp_student
     p_t = F.softmax(k @ bank_all.T / temp_t, dim=1)
     p_s = F.softmax(q @ bank_all.T / temp_s, dim=1)
     best_p, best = p_t.topk(top, dim=1)

@@ -18,6 +18,9 @@ from isd.errors import CheckpointWriteError, UsageError
 from isd.runtime import checksum_path, file_sha256, write_checked
 
 LAST = "ckpt_last.pth"  # a link to the newest rolling checkpoint
+# /2: the teacher includes the update after the last optimizer step. In /1 and in the original's files it still
+# owes that update, which the original makes at the top of its next forward: resume makes it first.
+FORMAT = "isd-ssl/2"
 STEP_FILE = re.compile(r"ckpt_step_(\d+)\.pth$")
 EPOCH_FILE = re.compile(r"ckpt_epoch_(\d+)\.pth$")
 
@@ -102,7 +105,11 @@ def make_checkpoint(cfg, model, optimizer, epoch: int, step_in_epoch: int = 0) -
     """Top-level keys of the original (`opt`, `state_dict`, `optimizer`, `epoch`) plus what exact resume needs."""
     return {"opt": cfg.to_dict(), "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "method": cfg.method, "arch": cfg.arch,
-            "rng": rng_state(), "format": "isd-ssl/1"}
+            "rng": rng_state(), "format": FORMAT}
+
+
+def teacher_is_current(ckpt: dict[str, Any]) -> bool:
+    return ckpt.get("format") == FORMAT
 
 
 def verify(path: Path, trust_code: bool = False) -> dict[str, Any]:

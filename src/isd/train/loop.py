@@ -89,7 +89,8 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
-    resume(setup, log, trust_code)
+    if not resume(setup, log, trust_code):
+        model.catch_up_teacher()  # the teacher update the original makes before its first (or resumed) step
     return setup
 
 
@@ -101,18 +102,19 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
 
 
-def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> None:
+def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> bool:
     """Continue from `--resume`: a checkpoint of ours or of the original scripts (their keys are mapped onto
-    ours; their queue, pointer and optimizer state are restored as the original's own --resume did)."""
+    ours; their queue, pointer and optimizer state are restored as the original's own --resume did). True when
+    the loaded teacher is up to date (our current format), False when it owes an update (or nothing was loaded)."""
     cfg = setup.cfg
     if not cfg.resume:
-        return
+        return False
     if cfg.resume == "auto":
         found = ck.load_latest(setup.run_dir, warn=log, steps_per_epoch=len(setup.source) // cfg.batch_size,
                                trust_code=trust_code)
         if found is None:
             log(f"--resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
-            return
+            return False
         path, state = found
     else:
         path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume, trust_code)
@@ -138,6 +140,7 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
     setup.start_epoch = int(state["epoch"]) + (0 if steps_done else 1)
     setup.start_step = steps_done
     log(f"resumed from {path}: epoch {state['epoch']}" + (f", step {steps_done}" if steps_done else ""))
+    return ck.teacher_is_current(state)
 
 
 def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
@@ -239,19 +242,18 @@ class EpochRunner:
         query = batch.query.contiguous(memory_format=self.memory_format)
         self.guard.before_forward()
         with self.autocast:
-            loss, stats = self.net(key, query, batch.labels)
+            loss, stats, after = self.net(key, query, batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bad = self.guard.step_is_bad(loss, stats, step)
         if self.guard.mode == "skip" and bool(bad):  # the one sync per step of skip mode
-            self.guard.skip()
-            model.discard()
+            self.guard.skip()  # and `after` is dropped: the teacher and the queue stay as they were
             optimizer.zero_grad(set_to_none=True)
             self.runlog.say(f"step {step}: non-finite loss or gradient, step skipped "
                             f"({self.guard.skipped} so far)")
             return None
         optimizer.step()
-        model.commit()
+        model.apply_step(after)  # the method's post-step work (EMA teacher, enqueue), all of it, here
         return {"loss": loss, **stats}
 
     def log_window(self, window: "Window", epoch: int, step: int, bar) -> None:

@@ -20,7 +20,8 @@ class NonFiniteGuard:
         self.teacher = [p for n, p in model.named_parameters() if not p.requires_grad]
         self.teacher_names = [n for n, p in model.named_parameters() if not p.requires_grad]
         self.mode, self.skipped = mode, 0
-        # BatchNorm statistics of a skipped step are put back; the queue is left to discard()
+        # BatchNorm statistics of a skipped step are put back; the queue and teacher never moved (the loop drops
+        # the step's AfterStep)
         self.buffers = [b for n, b in model.named_buffers() if b.is_floating_point() and not n.startswith("queue")]
         self._saved: list[Tensor] | None = None
         self.first: dict[str, Tensor] | None = None  # the first bad step seen since the last check
