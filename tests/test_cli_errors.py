@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_image_folder
-from isd.cli import main
-from isd.legacy import main as legacy_main
+from isd.cli.main import main
+from isd.cli.legacy_train import main as legacy_main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
 from isd.data.sources import find_fashion_mnist, load_source
 from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_split, training_images, unbalanced_subset

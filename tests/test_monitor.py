@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from isd.cli import main
+from isd.cli.main import main
 from conftest import TINY, single_thread, write_image_folder
 
 

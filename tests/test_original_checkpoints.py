@@ -19,10 +19,10 @@ from torch import nn
 
 import isd
 from conftest import ROOT, single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
-from isd.eval.legacy_eval import main as eval_main
-from isd.legacy import main as train_main
+from isd.cli.legacy_eval import main as eval_main
+from isd.cli.legacy_train import main as train_main
 from isd.methods import build_method
 from isd.train.loop import train
 

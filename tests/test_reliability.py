@@ -16,7 +16,7 @@ import torch
 
 import isd.methods.isd as isd_module
 from conftest import ROOT, single_thread, tiny_values, write_image_folder
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
 from isd.data import loaders
 from isd.errors import CheckpointWriteError, NonFiniteError, Preempted

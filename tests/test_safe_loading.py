@@ -17,9 +17,9 @@ import torch
 
 import isd
 from conftest import ROOT, TINY, single_thread, write_image_folder
-from isd.cli import main
-from isd.eval.legacy_eval import main as eval_main
-from isd.legacy import main as train_main
+from isd.cli.main import main
+from isd.cli.legacy_eval import main as eval_main
+from isd.cli.legacy_train import main as train_main
 from isd.nets.backbones import build_backbone
 
 

@@ -14,11 +14,11 @@ import torch
 
 import isd.train.loop as loop
 from conftest import ROOT, single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import Config, build_config, recipe_names
 from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
 from isd.errors import UsageError
-from isd.legacy import legacy_parser, legacy_values
+from isd.cli.legacy_train import legacy_parser, legacy_values
 from isd.runtime import file_sha256
 from isd.train import checkpoint as ck
 from isd.train.loop import train
@@ -158,7 +158,7 @@ def test_config_yaml_round_trips(tmp_path):
 
 
 def legacy_config(script: str, argv: list[str]) -> Config:
-    from isd.legacy import SCRIPTS
+    from isd.cli.legacy_train import SCRIPTS
 
     return build_config(SCRIPTS[script][0], legacy_values(legacy_parser(script).parse_args(argv)))
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isd.cli_common import TRUST_FLAG
+from isd.cli.common import TRUST_FLAG
 from isd.errors import UsageError
 
 # the original keeps its queue as bare buffers of the model: name there -> name in our MemoryQueue

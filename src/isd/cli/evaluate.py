@@ -13,12 +13,17 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from isd.cli_common import add_trust_flag
+from isd.cli.common import add_trust_flag
 from isd.config import ARCHS, DATASETS
 from isd.data.sources import Source, load_source
 from isd.errors import CheckpointWriteError, UsageError
 from isd.eval.checkpoints import ENCODERS, load_backbone
+from isd.eval.features import extract_features
+from isd.eval.knn import knn_evaluate
+from isd.eval.linear import train_linear
+from isd.eval.probe import balanced_label_subset, train_probe_on_features
 from isd.runtime import path_problem, resolve_device
 from isd.train.checkpoint import atomic_save
 
@@ -174,8 +179,6 @@ def prepare(args: argparse.Namespace) -> EvalContext:
 def cached_features(ctx: EvalContext, source: Source, split: str, args: argparse.Namespace,
                     ) -> tuple[Tensor, Tensor, bool, float]:
     """(features, labels, from cache?, seconds); the cache is valid for this checkpoint file, data and size."""
-    from isd.eval.features import extract_features
-
     stat = Path(args.ckpt).stat()
     key = {"version": CACHE_VERSION, "checkpoint": str(Path(args.ckpt).resolve()), "mtime_ns": stat.st_mtime_ns,
            "bytes": stat.st_size, "encoder": args.encoder, "split": split, "data": source.name,
@@ -189,8 +192,6 @@ def cached_features(ctx: EvalContext, source: Source, split: str, args: argparse
                 return cache["features"].to(ctx.device), cache["labels"].to(ctx.device), True, 0.0
         except Exception as err:  # a truncated or foreign file: recompute and overwrite it
             warn(f"ignoring unreadable feature cache {path} ({type(err).__name__})")
-    from tqdm import tqdm
-
     with tqdm(total=len(source), desc=f"{args.encoder} features {split}", unit="img", disable=None) as bar:
         feats, labels = extract_features(ctx.net, source, ctx.size, ctx.device, args.batch_size, args.num_workers,
                                          progress=bar)
@@ -221,8 +222,6 @@ def backbone_summary(info: dict[str, Any]) -> dict[str, Any]:
 
 def run_knn(args: argparse.Namespace, on_result: Callable[[dict], None] | None = None) -> int:
     """`on_result` gets the report (what knn.json holds) once it is written."""
-    from isd.eval.knn import knn_evaluate
-
     start = time.perf_counter()
     check_args(args)
     if args.backend == "faiss":
@@ -283,8 +282,6 @@ def parse_schedule(text: str) -> tuple[int, ...]:
 
 def run_linear(args: argparse.Namespace, on_epoch: Callable[[dict], None] | None = None) -> int:
     """`on_epoch` gets each epoch's row of the history (epoch, loss, top1, top5) as soon as it is measured."""
-    from isd.eval.probe import balanced_label_subset, train_probe_on_features
-
     start = time.perf_counter()
     check_args(args)
     milestones = parse_schedule(args.lr_schedule)
@@ -305,8 +302,6 @@ def run_linear(args: argparse.Namespace, on_epoch: Callable[[dict], None] | None
     if args.fast:
         result = train_probe_on_features(train_x, train_y, val_x, val_y, num_classes, progress=True, **common)
     else:
-        from isd.eval.linear import train_linear
-
         result = train_linear(ctx.net, train_source, ctx.size, train_x, val_x, val_y, num_classes, ctx.device,
                               num_workers=args.num_workers, **common)
     atomic_save({"state_dict": result.pop("state_dict"), "epoch": result["best_epoch"], "top1": result["best_top1"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isd.cli_common import add_trust_flag
+from isd.cli.common import add_trust_flag
 from isd.config import DATASETS, config_from_dict
 from isd.data.sources import load_source
 from isd.errors import UsageError

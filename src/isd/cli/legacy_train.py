@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isd.cli_common import OneLineParser, add_trust_flag, run_guarded
+from isd.cli.common import OneLineParser, add_trust_flag, run_guarded
+from isd.cli.launch import maybe_self_launch
 from isd.config import build_config
+from isd.train.loop import train
 
+WORKER = "isd.cli.legacy_train"  # what each self-launched worker runs: this module, as `python -m`
 # script -> (recipe, description)
 SCRIPTS = {
     "train_isd.py": ("isd-r18-imagenet", "ISD (ResNet-18 recipe of the paper)"),
@@ -88,14 +91,17 @@ def main(script: str, argv: list[str] | None = None) -> int:
     parser = legacy_parser(script)
 
     def run() -> int:
-        from isd.train.loop import train
         args = parser.parse_args(argv)
         cfg = build_config(SCRIPTS[script][0], legacy_values(args))
-        from isd.train.launch import maybe_self_launch
-        launched = maybe_self_launch(script, sys.argv[1:] if argv is None else list(argv), cfg.device)
+        given = sys.argv[1:] if argv is None else list(argv)
+        launched = maybe_self_launch(script, WORKER, [script, *given], cfg.device)
         if launched is not None:  # several GPUs, no launcher: one worker per GPU has run the job
             return launched
         train(cfg, trust_code=args.trust_checkpoint_code)
         return 0
 
     return run_guarded(run, script)
+
+
+if __name__ == "__main__":  # a worker of the self-launch: the script's name, then its command line
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from isd.cli_common import TRUST_FLAG, OneLineParser, add_trust_flag, run_guarded
+from isd.cli.common import TRUST_FLAG, OneLineParser, add_trust_flag, run_guarded
 from isd.config import ARCHS, DATASETS
 from isd.errors import UsageError
-from isd.eval.command import add_knn_args, add_linear_args, output_folder, run_knn, run_linear
+from isd.cli.evaluate import add_knn_args, add_linear_args, output_folder, run_knn, run_linear
 
 SCRIPTS = {"eval_knn.py": ("kNN accuracy (1-NN, 20-NN)", "isd knn"),
            "eval_linear.py": ("the linear probe (40 epochs, lr 0.01, steps at 15,30,40)", "isd linear")}

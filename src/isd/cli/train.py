@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from isd.cli_common import add_trust_flag
-from isd.config import ARCHS, DATASETS, FIELDS, METHODS, build_config, recipe_description, recipe_names
+import yaml
+
+from isd.cli.common import add_trust_flag
+from isd.config import (ARCHS, DATASETS, FIELDS, METHODS, build_config, load_recipe, recipe_description,
+                        recipe_names)
+from isd.eval.monitor import knn_monitor
+from isd.train.loop import train
 
 
 def register(sub) -> None:
@@ -58,22 +63,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from isd.train.loop import train
-
     cfg = config_from_args(args)
     hooks = None
     if cfg.eval_every:
-        from isd.eval.monitor import knn_monitor
         hooks = knn_monitor(cfg)
     train(cfg, on_epoch_end=hooks, trust_code=args.trust_checkpoint_code)
     return 0
 
 
 def run_recipes(args: argparse.Namespace) -> int:
-    from isd.config import load_recipe
-
     if args.name:
-        import yaml
         values = load_recipe(args.name)  # first: it names the available recipes when this one is unknown
         print(f"# {recipe_description(args.name)}")
         print(yaml.safe_dump(values, sort_keys=False).strip())

@@ -17,7 +17,9 @@ from isd.config import build_config
 from isd.data.sources import find_fashion_mnist, load_source
 from isd.eval.features import extract_features
 from isd.eval.knn import knn_evaluate
+from isd.eval.monitor import knn_monitor
 from isd.methods import build_method
+from isd.train.loop import image_size_and_stem, train
 
 CPU_RECIPE, GPU_RECIPE = "isd-fmnist-demo", "isd-r18-fmnist"
 
@@ -52,9 +54,6 @@ def encoder_score(net, train, test, size: int, device) -> dict[str, float]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from isd.eval.monitor import knn_monitor
-    from isd.train.loop import image_size_and_stem, train
-
     started = time.perf_counter()
     on_gpu = torch.cuda.is_available()
     recipe = args.recipe or (GPU_RECIPE if on_gpu else CPU_RECIPE)
