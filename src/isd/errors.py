@@ -36,7 +36,7 @@ class SettingError(NamesSettings, UsageError):
     """A bad value of one or more settings, named by their config keys (see the module's docstring)."""
 
 
-class RunStopped(Exception):
+class RunStopped(NamesSettings):
     """Training stopped on purpose after putting its state in a safe place; the CLI exits with `exit_code`."""
 
     exit_code = 1

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from isd.cli.common import Flags
 from isd.errors import UsageError
 from isd.experiments.plans import BUDGETS, load_plan, plan_names, select
 from isd.experiments.report import report, update_readme
@@ -44,7 +45,7 @@ def register(sub) -> None:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: GPU if visible")
     e.add_argument("--list", action="store_true", help="list the plans, or PLAN's cells and their state, and exit")
     e.add_argument("--no-report", action="store_true", help="do not write the tables and charts at the end")
-    e.set_defaults(handler=run_experiment)
+    e.set_defaults(handler=run_experiment, flags=Flags(e))
 
     r = sub.add_parser(
         "report", help="markdown tables and PNG charts from experiment folders",
@@ -57,7 +58,7 @@ def register(sub) -> None:
     r.add_argument("folders", metavar="EXPDIR", nargs="*", help="experiment folders")
     r.add_argument("--readme", metavar="FILE", help="regenerate the blocks between `<!-- begin: isd report "
                    "EXPDIR... -->` and `<!-- end: isd report -->` in FILE instead")
-    r.set_defaults(handler=run_report)
+    r.set_defaults(handler=run_report, flags=Flags(r))
 
 
 def run_experiment(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    return run_guarded(lambda: args.handler(args) or 0, f"isd {args.command}")
+    return run_guarded(lambda: args.handler(args) or 0, f"isd {args.command}", args.flags.name)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import argparse
 
 import yaml
 
-from isd.cli.common import add_trust_flag
-from isd.config import (ARCHS, DATASETS, FIELDS, METHODS, build_config, load_recipe, recipe_description,
+from isd.cli.common import Flags, add_trust_flag, set_flag
+from isd.config import (ARCHS, DATASETS, METHODS, Config, build_config, load_recipe, recipe_description,
                         recipe_names)
 from isd.eval.monitor import knn_monitor
 from isd.train.loop import train
@@ -21,7 +21,7 @@ def register(sub) -> None:
                        "  isd train --recipe isd-fmnist-demo --set epochs=5\n"
                        "  torchrun --nproc_per_node 8 -m isd train --recipe isd-plus-r50-imagenet /datasets/imagenet",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet layout), or "
+    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet layout), or "
                    "the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
     p.add_argument("--recipe", help=f"named recipe: {', '.join(recipe_names())}")
     p.add_argument("--method", choices=METHODS, help="training method")
@@ -49,17 +49,17 @@ def register(sub) -> None:
                    "epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key "
                    "(repeatable), e.g. --set ema=0.99 --set schedule=cos")
-    p.set_defaults(handler=run_train)
+    p.set_defaults(handler=run_train, flags=Flags(p, otherwise=set_flag, ignored=("recipe", "set",
+                                                                               "trust_checkpoint_code")))
 
     r = sub.add_parser("recipes", help="list the named recipes", description="List the recipes shipped with isd.")
     r.add_argument("name", nargs="?", help="show one recipe's values")
-    r.set_defaults(handler=run_recipes)
+    r.set_defaults(handler=run_recipes, flags=Flags(r))
 
 
-def config_from_args(args: argparse.Namespace):
-    # every flag named like a config key is one; --recipe and --set are applied by build_config itself
-    values = {n: v for n, v in vars(args).items() if n in FIELDS and n != "recipe" and v is not None}
-    return build_config(args.recipe, values, args.set)
+def config_from_args(args: argparse.Namespace) -> Config:
+    # every flag is the config key of its name; --recipe and --set are applied by build_config itself
+    return build_config(args.recipe, args.flags.values(args), args.set)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from isd.eval.features import Encoded
+
 DEFAULT_MAX_ELEMENTS = 2**26  # similarity-matrix entries per product: 256 MiB in float32
 
 
@@ -148,4 +150,18 @@ def knn_evaluate(
         result["weighted"] = {"k": weighted_k, "T": temperature, "acc": acc}
     result.update(num_train=train.shape[0], num_test=test.shape[0], dim=train.shape[1],
                   search_seconds=search_seconds)
+    return result
+
+
+def knn_of(encoded: Encoded, num_classes: int, ks: tuple[int, ...] = (1, 20), weighted_k: int | None = None,
+           temperature: float = 0.07, backend: str = "torch") -> dict:
+    """`knn_evaluate` of the queries against the bank, every k clamped to the bank's size (a tiny bank: 20-NN
+    becomes all-NN); `result["at"][k]` is the top-1 accuracy for each requested k."""
+    n = len(encoded.bank_y)
+    usable = {k: min(k, n) for k in ks}
+    result = knn_evaluate(encoded.bank_x, encoded.bank_y, encoded.query_x, encoded.query_y,
+                          ks=tuple(sorted(set(usable.values()))), num_classes=num_classes,
+                          weighted_k=min(weighted_k, n) if weighted_k else None, temperature=temperature,
+                          backend=backend)
+    result["at"] = {k: result["top1"][str(usable[k])] for k in ks}
     return result
