@@ -24,7 +24,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -226,7 +226,7 @@ def point_last_at(path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    name, keys, *rest = np.random.get_state()
+    name, keys, *rest = cast(tuple, np.random.get_state())
     # numpy's key as a plain list: the file then needs no numpy type to load (the safe reader knows numpy's array
     # pickling only under the installed numpy's names, which changed in numpy 2)
     state = {"torch": torch.get_rng_state(), "numpy": (name, keys.tolist(), *rest), "python": random.getstate()}
@@ -297,7 +297,7 @@ def checkpoints_newest_first(run_dir: Path, steps_per_epoch: int = 1) -> list[Pa
     """By training progress read from the names (ckpt_step_N: N steps; ckpt_epoch_E: E epochs), not by mtime,
     so a copied run folder keeps its order; a rolling file before an epoch file at the same point. A
     ckpt_last.pth that is a plain file (runs of older versions) comes first."""
-    ranked = []
+    ranked: list[tuple[tuple[float, int], Path]] = []
     for path in run_dir.glob("ckpt_*.pth"):
         if match := STEP_FILE.match(path.name):
             ranked.append(((int(match.group(1)), 1), path))
@@ -402,9 +402,10 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
     """
     if encoder not in ENCODERS:
         raise SettingError("unknown encoder {name!r} ({encoder}); choose student or teacher", name=encoder)
-    is_path = not isinstance(path_or_ckpt, dict)
-    name = str(path_or_ckpt) if is_path else "(in memory)"
-    ckpt = read(path_or_ckpt, trust_checkpoint_code) if is_path else path_or_ckpt
+    if isinstance(path_or_ckpt, dict):
+        ckpt, name, where = path_or_ckpt, "(in memory)", None
+    else:
+        ckpt, name, where = read(path_or_ckpt, trust_checkpoint_code), str(path_or_ckpt), Path(path_or_ckpt)
     layout, student_w, teacher_w = split_encoders(ckpt, name)
     shape = infer_shape(student_w, name)
     if arch and arch != shape["arch"]:
@@ -422,6 +423,6 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
             "image_size": opt.get("image_size"), "dataset": opt.get("dataset"),
             "torchvision_compatible": shape["stem"] == "imagenet" and shape["width"] == 64
             and shape["in_channels"] == 3}
-    if is_path:
-        info["checkpoint"] = str(Path(path_or_ckpt).resolve())
+    if where is not None:
+        info["checkpoint"] = str(where.resolve())
     return net, info

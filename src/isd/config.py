@@ -142,8 +142,8 @@ def _coerce(name: str, raw: Any) -> Any:
             raise ValueError
         if isinstance(default, tuple):
             items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(" ", "").split(",") if s]
-            kind = float if name == "crop_scale" else int
-            return tuple(kind(v) for v in items)
+            item = float if name == "crop_scale" else int
+            return tuple(item(v) for v in items)
         kind = _base_type(name)
         if kind is int:
             if isinstance(raw, float) and not raw.is_integer():
@@ -229,13 +229,16 @@ class Range:
 
     def __str__(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}{')' if self.open_high else ']'}"
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
         if self.low is not None:
             return f"{'>' if self.open_low else '>='} {_num(self.low)}"
         return f"{'<' if self.open_high else '<='} {_num(self.high)}"
 
 
-def _num(x: float) -> str:
+def _num(x: float | None) -> str:
+    if x is None:
+        return "any"
     if x >= 2**16 and float(x).is_integer() and int(x) & (int(x) - 1) == 0:
         return f"2**{int(x).bit_length() - 1}"
     return f"{x:g}"

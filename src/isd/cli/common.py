@@ -22,7 +22,7 @@ def one_line(message: object) -> str:
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line naming the flag and where to look, not the usage dump."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 

@@ -30,8 +30,8 @@ def register(sub) -> None:
                        description="Train ISD on Fashion-MNIST on whatever device is here (a short recipe on CPU, "
                        "the full-length one on a GPU), print the kNN accuracy of the encoder after each epoch, then "
                        "its 1-NN / 20-NN test accuracy beside raw pixels and a randomly initialised encoder.")
-    p.add_argument("data", metavar="DATA", nargs="?", default="", help="folder with the Fashion-MNIST idx .gz files (default: the "
-                   "Debian package's folder, else torchvision's download)")
+    p.add_argument("data", metavar="DATA", nargs="?", default="", help="folder with the Fashion-MNIST idx .gz files "
+                   "(default: the Debian package's folder, else torchvision's download)")
     p.add_argument("--recipe", help=f"recipe to run (default: {CPU_RECIPE} on CPU, {GPU_RECIPE} on a GPU)")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -55,7 +55,8 @@ def run_demo(args: argparse.Namespace) -> int:
     where = find_fashion_mnist(args.data)
     print(f"Fashion-MNIST from {where or 'torchvision download'}; recipe {recipe} on "
           f"{'GPU ' + torch.cuda.get_device_name() if on_gpu else f'CPU ({torch.get_num_threads()} threads)'}")
-    train_set, test_set = load_source("fashion-mnist", args.data, "train"), load_source("fashion-mnist", args.data, "val")
+    train_set = load_source("fashion-mnist", args.data, "train")
+    test_set = load_source("fashion-mnist", args.data, "val")
     device = torch.device("cuda" if on_gpu else "cpu")
     size, stem = image_size_and_stem(cfg, train_set)
 

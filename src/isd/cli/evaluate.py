@@ -10,7 +10,6 @@ from isd.cli.common import Flags, add_trust_flag
 from isd.config import ARCHS, DATASETS
 from isd.eval.protocols import Evaluation, export_backbone, knn_report, linear_report
 
-
 # ----------------------------------------------------------------------------------------------- parsers
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from isd.cli.common import Flags
 from isd.errors import UsageError
@@ -108,7 +109,7 @@ def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
     for flag, value in (("--only", args.only), ("--shard", args.shard)):
         base += [flag, value] if value else []
     env = {**os.environ, "ISD_CONCURRENT_CELLS": os.environ.get("ISD_CONCURRENT_CELLS", str(args.jobs))}
-    workers = []
+    workers: list[tuple[subprocess.Popen, IO[str]]] = []
 
     def forward(signum, frame):  # a stop signal reaches every worker: each checkpoints and exits
         for p, _ in workers:
@@ -131,11 +132,11 @@ def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for p, log in workers:
+        for p, log_file in workers:
             p.wait()
-            log.close()
+            log_file.close()
             if p.returncode not in (0, 1):
-                print(f"worker {log.name} exited with code {p.returncode}")
+                print(f"worker {log_file.name} exited with code {p.returncode}")
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ class OriginalLines:
                                why=err.strerror) from None
 
     def _append(self, line: str) -> None:
+        assert self.path is not None
         with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(line + "\n")
 

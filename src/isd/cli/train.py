@@ -7,8 +7,7 @@ import argparse
 import yaml
 
 from isd.cli.common import Flags, add_trust_flag, set_flag
-from isd.config import (ARCHS, DATASETS, METHODS, Config, build_config, load_recipe, recipe_description,
-                        recipe_names)
+from isd.config import ARCHS, DATASETS, METHODS, Config, build_config, load_recipe, recipe_description, recipe_names
 from isd.eval.monitor import knn_monitor
 from isd.train.loop import train
 
@@ -21,8 +20,8 @@ def register(sub) -> None:
                        "  isd train --recipe isd-fmnist-demo --set epochs=5\n"
                        "  torchrun --nproc_per_node 8 -m isd train --recipe isd-plus-r50-imagenet /datasets/imagenet",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet layout), or "
-                   "the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet "
+                   "layout), or the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
     p.add_argument("--recipe", help=f"named recipe: {', '.join(recipe_names())}")
     p.add_argument("--method", choices=METHODS, help="training method")
     p.add_argument("--arch", choices=ARCHS, help="backbone")

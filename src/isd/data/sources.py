@@ -50,7 +50,7 @@ class Source:
     def channels(self) -> int:
         return self.images.shape[1] if self.images is not None else 3
 
-    def take(self, indices: torch.Tensor) -> "Source":
+    def take(self, indices: torch.Tensor) -> Source:
         """The same source restricted to `indices` (in that order)."""
         picked = copy.copy(self)
         picked.targets = self.targets[indices]
@@ -111,7 +111,8 @@ def _list_images(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, in
     whatever their size or permissions: the loader counts the unreadable ones as bad and lists them in the
     run folder.
     """
-    samples, unlistable = [], []
+    samples: list[tuple[str, int]] = []
+    unlistable: list[OSError] = []
     root_id = _folder_id(str(root))
     for name, target in sorted(class_to_idx.items()):
         top = os.path.join(root, name)

@@ -4,17 +4,20 @@ at once (`encode`), which is what every kNN and probe evaluation starts from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import ResNet
 
 from isd.data.batches import batches_of
 from isd.data.sources import Source
 
 
-def backbone_forward(net: nn.Module, x: Tensor) -> Tensor:
+def backbone_forward(module: nn.Module, x: Tensor) -> Tensor:
     """A torchvision ResNet up to the pooled features, whatever head sits in its `fc`."""
+    net = cast(ResNet, module)
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
     return torch.flatten(net.avgpool(x), 1)

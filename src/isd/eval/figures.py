@@ -20,6 +20,7 @@ from isd.data.batch_augment import BatchAugment
 from isd.data.batches import batches_of
 from isd.data.sources import Source
 from isd.eval.features import extract_features
+from isd.methods import ISD
 from isd.plots import pyplot
 
 
@@ -47,7 +48,7 @@ class NeighbourRows:
 
 
 @torch.no_grad()
-def neighbour_rows(model: nn.Module, cfg, source: Source, size: int, device: torch.device, queries: int = 4,
+def neighbour_rows(model: ISD, cfg, source: Source, size: int, device: torch.device, queries: int = 4,
                    anchors: int = 4096, top: int = 5, seed: int = 0, batch: int = 512) -> NeighbourRows:
     model.eval()
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))

@@ -45,13 +45,13 @@ def nearest_neighbours(
     out_idx = torch.empty(m, k, dtype=torch.long, device=train.device)
     for q0 in range(0, m, block):
         q = query[q0 : q0 + block]
-        best_s = best_i = None
+        best_s = best_i = torch.empty(0)  # the first chunk's top-k replaces them
         for t0 in range(0, n, chunk):
             t = train[t0 : t0 + chunk]
             sims = torch.mm(q, t.T, out=buffer[: len(q) * len(t)].view(len(q), len(t)))
             s, i = sims.topk(min(k, len(t)), dim=1)
             i += t0
-            if best_s is not None:
+            if t0 > 0:
                 s, j = torch.cat([best_s, s], 1).topk(k, dim=1)
                 i = torch.cat([best_i, i], 1).gather(1, j)
             best_s, best_i = s, i

@@ -51,7 +51,7 @@ def knn_monitor(cfg, ks=(1, 20)):
         plot_curves(state["history"], Path(setup.run_dir) / "curves.png")
         return row
 
-    hook.state = state
+    hook.state = state  # type: ignore[attr-defined]  # the curves so far, for a caller that wants them
     return hook
 
 

@@ -26,6 +26,9 @@ class LinearProbe(nn.Module):
     unbiased per-dimension variance of the L2-normalised train features (torch.var_mean, as the original).
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))

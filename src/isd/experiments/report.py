@@ -126,9 +126,8 @@ def unbalanced_table(rows: list[dict], baseline: str = "moco") -> str:
         for m in others:
             a, b = by_key.get((draw, m)), by_key.get((draw, baseline))
             for tag in ("all", "rare"):
-                if a and b:
-                    va = a["metrics"]["knn1"] if tag == "all" else rare_accuracy(a)
-                    vb = b["metrics"]["knn1"] if tag == "all" else rare_accuracy(b)
+                va, vb = ((r["metrics"]["knn1"] if tag == "all" else rare_accuracy(r)) if r else None for r in (a, b))
+                if va is not None and vb is not None:
                     cells.append(f"{va - vb:+.2f}")
                     totals[f"{m}-{baseline} {tag}"].append(va - vb)
                 else:

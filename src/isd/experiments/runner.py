@@ -11,14 +11,14 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from isd.data.splits import common_class_ids, evaluation_sets
-from isd.eval.monitor import knn_monitor
 from isd.eval.features import Encoded, capped_sets, encode, raw_pixels
+from isd.eval.monitor import knn_monitor
 from isd.experiments.evaluate import metrics
 from isd.experiments.plans import Cell, Plan
 from isd.experiments.provenance import provenance

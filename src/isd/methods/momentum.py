@@ -42,6 +42,10 @@ def all_gather_cat(x: Tensor) -> Tensor:
 class MemoryQueue(nn.Module):
     """Ring buffer of K teacher embeddings (+ their labels, for the purity diagnostic only)."""
 
+    queue: Tensor
+    labels: Tensor
+    ptr: Tensor
+
     def __init__(self, size: int, dim: int, init_dim: int = 1) -> None:
         super().__init__()
         # `init_dim` = 0 reproduces train_isd.py's normalisation of the random init along the wrong axis
@@ -158,6 +162,7 @@ class QueuedMethod(MomentumMethod):
     sees the queue change under it and the queue needs no copy per step."""
 
     queue_init_dim = 1
+    queue: MemoryQueue
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
         super().__init__(backbone, feat_dim, cfg)

@@ -59,7 +59,6 @@ def teacher_with_student_bn(teacher: nn.Module, student: nn.Module) -> nn.Module
     student_bn = {name: m for name, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     for name, m in mixed.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and name in student_bn:
-            m.running_mean.copy_(student_bn[name].running_mean)
-            m.running_var.copy_(student_bn[name].running_var)
-            m.num_batches_tracked.copy_(student_bn[name].num_batches_tracked)
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(m, buffer).copy_(getattr(student_bn[name], buffer))
     return mixed

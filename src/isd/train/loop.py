@@ -6,9 +6,9 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from isd.data.batches import batches_of
 from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
 from isd.errors import Preempted, SettingError
-from isd.methods import build_method
+from isd.methods import Method, build_method
 from isd.runtime import init_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
@@ -37,7 +37,7 @@ class Setup:
     run_dir: Path
     source: Source
     size: int
-    model: torch.nn.Module
+    model: Method
     optimizer: torch.optim.Optimizer
     start_epoch: int = 1
     start_step: int = 0
@@ -155,7 +155,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
         save_yaml(cfg, setup.run_dir / "config.yaml")
     runlog = RunLog(setup.run_dir, enabled=main_process, console=log)
     loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device, setup.rank, setup.world)
-    net = model
+    net: torch.nn.Module = model  # what the steps call: the model, or its DDP wrapper
     if setup.world > 1:
         # queue and teacher are kept identical by all-gathers; broadcasting buffers would copy the queue each step
         with warnings.catch_warnings():
@@ -258,7 +258,7 @@ class EpochRunner:
         model.apply_step(after)  # the method's post-step work (EMA teacher, enqueue), all of it, here
         return {"loss": loss, **stats}
 
-    def log_window(self, window: "Window", epoch: int, step: int, bar) -> None:
+    def log_window(self, window: Window, epoch: int, step: int, bar) -> None:
         cfg = self.setup.cfg
         if not window.count:
             return

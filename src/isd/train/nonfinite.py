@@ -17,7 +17,7 @@ class NonFiniteGuard:
     def __init__(self, model: nn.Module, mode: str) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        self.teacher = [p for n, p in model.named_parameters() if not p.requires_grad]
+        self.teacher: list[Tensor] = [p for n, p in model.named_parameters() if not p.requires_grad]
         self.teacher_names = [n for n, p in model.named_parameters() if not p.requires_grad]
         self.mode, self.skipped = mode, 0
         # BatchNorm statistics of a skipped step are put back; the queue and teacher never moved (the loop drops
@@ -63,9 +63,9 @@ class NonFiniteGuard:
             terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.term_names, first["terms"].tolist()))
             loss_ok = bool(torch.isfinite(first["terms"][0]))
             tensor = f"gradient of {self.names[int(first['grad'])]}" if loss_ok else "loss"
-            raise NonFiniteError("non-finite {tensor} at epoch {epoch}, step {step} (lr {now:.4g}; {terms}); nothing was "
-                                 "saved after it. Lower {lr}, check the data, or pass {on_nonfinite} skip; resume "
-                                 "from the last checkpoint with {resume} auto", tensor=tensor, epoch=epoch,
+            raise NonFiniteError("non-finite {tensor} at epoch {epoch}, step {step} (lr {now:.4g}; {terms}); nothing "
+                                 "was saved after it. Lower {lr}, check the data, or pass {on_nonfinite} skip; "
+                                 "resume from the last checkpoint with {resume} auto", tensor=tensor, epoch=epoch,
                                  step=int(first["step"]), now=lr, terms=terms)
         norms = torch.stack(torch._foreach_norm(self.teacher)) if self.teacher else torch.zeros(1)
         bad_teacher = ~torch.isfinite(norms)
