@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -250,15 +251,19 @@ def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ README
 
 
-def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_files(monkeypatch):
-    """Every table in the README's generated blocks comes from committed result files and this code."""
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_files(doc, monkeypatch):
+    """Every table in the generated blocks of the README and docs/results.md comes from committed result files
+    and this code; the chart links are relative to the file and lead to the committed charts."""
     monkeypatch.chdir(ROOT)
-    blocks = readme_blocks((ROOT / "README.md").read_text())
-    assert blocks, "README.md has no generated results block"
+    blocks = readme_blocks((ROOT / doc).read_text())
+    assert blocks, f"{doc} has no generated results block"
     for folders, body in blocks:
         assert all(f.startswith("benchmarks/results/") for f in folders)
-        assert body == report(folders, write=False), f"README block for {folders} is stale: run " \
-                                                     f"`isd report --readme README.md`"
+        assert body == report(folders, write=False, link_from=(ROOT / doc).parent), \
+            f"{doc} block for {folders} is stale: run `isd report --readme {doc}`"
+        for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", body):
+            assert ((ROOT / doc).parent / link).is_file(), f"{doc}: {link} does not exist"
 
 
 def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
@@ -269,4 +274,5 @@ def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
     assert main(["report", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "stale" not in text and text.startswith("# title\n") and text.endswith("tail\n")
-    assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False)
+    assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False, link_from=tmp_path)
+    assert f"]({Path(os.path.relpath(ROOT / folder, tmp_path)).as_posix()}/accuracy.png)" in text
