@@ -20,8 +20,8 @@ from isd.checkpoint import atomic_save, load_backbone
 from isd.config import ARCHS, DATASETS, RANGES, Range, check_range
 from isd.data.sources import Source, load_source
 from isd.errors import CheckpointWriteError, SettingError, UsageError
-from isd.eval.features import extract_features
-from isd.eval.knn import knn_evaluate
+from isd.eval.features import Encoded, extract_features
+from isd.eval.knn import knn_of
 from isd.eval.probe import FeatureBatches, ImageBatches, balanced_label_subset, train_probe
 from isd.runtime import path_problem, resolve_device
 
@@ -207,12 +207,10 @@ def knn_report(ev: Evaluation, on_result: Callable[[dict], None] | None = None) 
     train_x, train_y, train_hit, train_s = cached_features(ctx, ctx.train, "train", ev)
     val_x, val_y, val_hit, val_s = cached_features(ctx, ctx.val, "val", ev)
     n = len(train_y)
-    ks = sorted({min(k, n) for k in ev.k})
     if max(ev.k) > n:
         warn(f"k > {n} train images: clamped to {n}")
-    weighted_k = min(200, n) if ev.weighted else None
-    result = knn_evaluate(train_x, train_y, val_x, val_y, ks=tuple(ks), num_classes=len(ctx.train.classes),
-                          weighted_k=weighted_k, backend=ev.backend)
+    result = knn_of(Encoded(train_x, train_y, val_x, val_y), len(ctx.train.classes), ks=tuple(ev.k),
+                    weighted_k=200 if ev.weighted else None, backend=ev.backend)
     report = {
         **common_report(ev, ctx), "top1": result["top1"],
         "per_class": {k: dict(zip(ctx.val.classes, accs)) for k, accs in result["per_class"].items()},
