@@ -102,19 +102,6 @@ def run_guarded(fn: Callable[[], int], prog: str, name: Callable[[str], str] = t
         return 130
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """`--set key=value` pairs as settings."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--set expects key=value, got '{pair}' (e.g. --set epochs=10)")
-        key, value = pair.split("=", 1)
-        if key.strip().replace("-", "_") == "recipe":
-            raise UsageError("'recipe' is not a --set key: load a recipe with --recipe NAME (see `isd recipes`)")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def set_flag(key: str) -> str:
     """How `isd train` and `isd demo` reach a setting that has no flag of its own."""
     return f"--set {key}"
