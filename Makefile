@@ -1,10 +1,10 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The two set-up commands of the README: `make demo` and `make test` (ruff, mypy, then pytest: what CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 FMNIST  = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install fashion-mnist clean
+.PHONY: demo test lint install fashion-mnist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ fashion-mnist:
 demo: install fashion-mnist
 	$(BIN)/isd demo
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 
+lint: install
+	$(BIN)/ruff check src
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 if os.path.isdir(_SRC) and _SRC not in sys.path:  # a clone used without `pip install`
     sys.path.insert(0, _SRC)
 
-from isd.eval.checkpoints import load_backbone  # noqa: E402
+from isd.checkpoint import load_backbone  # noqa: E402
 from isd.nets import build_backbone  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from isd.legacy import main  # noqa: E402
+from isd.cli.legacy_train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main("train_isd_plus.py"))

@@ -18,8 +18,8 @@ import torch
 from isd.data.sources import load_source
 
 from isd.config import build_config
-from isd.demo import encoder_score
-from isd.eval.features import teacher_with_student_bn
+from isd.cli.demo import encoder_score
+from isd.nets import teacher_with_student_bn
 from isd.train.loop import train
 
 CANDIDATES = {

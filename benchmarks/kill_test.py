@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from isd.checkpoint_reader import load
+from isd.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from isd.checkpoint_reader import load
+from isd.checkpoint import load
 
 
 def main() -> int:

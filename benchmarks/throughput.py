@@ -38,7 +38,7 @@ def measure(method: str, arch: str, size: int, batch: int, steps: int, device: t
         if guard:
             guard.before_forward()
         with autocast:
-            loss, stats = model(x, x, None)
+            loss, stats, after = model(x, x, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if guard:
@@ -46,7 +46,7 @@ def measure(method: str, arch: str, size: int, batch: int, steps: int, device: t
             if guard.mode == "skip" and bool(bad):
                 raise RuntimeError("non-finite step in the benchmark")
         opt.step()
-        model.commit()
+        model.apply_step(after)
 
     for _ in range(3):
         step()

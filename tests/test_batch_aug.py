@@ -2,8 +2,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from isd.data import batch_aug as A
-from isd.data.batch_aug import BatchAugment, two_views
+from isd.data import batch_augment as A
+from isd.data.batch_augment import BatchAugment, two_views
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MEAN1, STD1 = (0.286,), (0.353,)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_image_folder
-from isd.cli import main
-from isd.legacy import main as legacy_main
+from isd.cli.main import main
+from isd.cli.legacy_train import main as legacy_main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -77,7 +77,8 @@ def test_class_folder_without_images(tmp_path, capsys):
 def test_batch_larger_than_dataset(image_root, tmp_path, capsys):
     rc, _, err = run_cli(train_argv(image_root, tmp_path / "run", "--batch-size", "16", "--queue-size", "32"),
                          capsys)
-    assert_one_line(rc, err, "--batch_size 16 is larger than the dataset (8 images in", "--batch_size 4")
+    # the engine names the setting; each command line shows its own flag
+    assert_one_line(rc, err, "--batch-size 16 is larger than the dataset (8 images in", "use --batch-size 4")
 
 
 # ------------------------------------------------------------------------------------------ flags and config
@@ -85,8 +86,8 @@ def test_batch_larger_than_dataset(image_root, tmp_path, capsys):
 
 def test_queue_not_a_multiple_of_the_batch(image_root, tmp_path, capsys):
     rc, _, err = run_cli(train_argv(image_root, tmp_path / "run", "--queue-size", "10"), capsys)
-    assert_one_line(rc, err, "--queue_size 10 must be a multiple of the global --batch_size 4",
-                    "e.g. --queue_size 8")
+    assert_one_line(rc, err, "--queue-size 10 must be a multiple of the global --batch-size 4",
+                    "e.g. --queue-size 8")
     assert not (tmp_path / "run").exists()  # checked before anything is built or written
 
 
@@ -95,7 +96,7 @@ def test_queue_not_a_multiple_of_the_batch(image_root, tmp_path, capsys):
     (["--set", "arch=resnet99"], ["unknown arch 'resnet99' (--arch); choose from resnet18, resnet34, resnet50"]),
     (["--method", "simclr"], ["argument --method: invalid choice: 'simclr'"]),
     (["--set", "method=simclr"], ["unknown method 'simclr' (--method); choose from isd, isd-plus, byol, moco"]),
-    (["--recipe", "nope"], ["unknown recipe 'nope' (--recipe); available: byol-r18-imagenet", "isd recipes"]),
+    (["--recipe", "nope"], ["unknown recipe 'nope' (--recipe); available: byol-r18-fmnist, byol-r18-imagenet", "isd recipes"]),
     (["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
     (["--set", "frobnicate=1"], ["unknown config key 'frobnicate' in --set"]),
     (["--epochs", "ten"], ["argument --epochs: invalid int value: 'ten'"]),
@@ -137,7 +138,7 @@ def test_original_script_missing_folder_subprocess(tmp_path):
 def test_run_folder_under_a_file(image_root, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     rc, _, err = run_cli(train_argv(image_root, tmp_path / "afile" / "run"), capsys)
-    assert_one_line(rc, err, "afile/run is not writable", "pass a writable --checkpoint_path / --run-dir")
+    assert_one_line(rc, err, "afile/run is not writable", "pass a writable --run-dir")
 
 
 def test_run_folder_is_a_file(image_root, tmp_path, capsys):

@@ -15,7 +15,8 @@ the checks let through but those reject (a traceback in a real run) fails the te
 
 stdout and stderr are text streams over bytes with the encodings of a real terminal (stdout strict UTF-8, stderr
 backslashreplace), so a value that cannot be printed is found too. Hypothesis runs derandomized with a fixed
-number of examples; the last test prints how many command lines were tried (README, "Reliability").
+number of examples; the last test checks that every command line had examples accepted and refused, and prints
+how many were tried (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class WouldCompute(Exception):
 
 COUNTS: Counter = Counter()  # examples per command and outcomes, printed by the last test
 DISTINCT: set = set()  # the distinct command lines among them
+OUTCOMES: defaultdict = defaultdict(set)  # command -> the outcomes its examples reached
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -76,17 +78,20 @@ def check_outcome(test: str, entry, argv: list[str]) -> None:
             log.write(f"{test}\t{rc}\t{argv!r}\t{err.strip()[:300]!r}\n")
     COUNTS[test] += 1
     COUNTS["total"] += 1
+    command = test.removesuffix(" --set")
     DISTINCT.add((test, tuple(argv)))
     shown = f"argv={argv!r}\nrc={rc!r}\nstderr={err!r}\nstdout tail={out[-500:]!r}"
     assert "Traceback" not in out and "Traceback" not in err, shown
     if rc in (0, "accepted"):
         COUNTS["accepted"] += 1
+        OUTCOMES[command].add("accepted")
         return
     assert rc == 2, shown
     lines = err.splitlines()  # str.splitlines: \n, \r, \x0b, \x0c, \x1c-\x1e, \x85, \u2028, \u2029 all break
     assert len(lines) == 1 and lines[0].strip(), shown
     assert ": error: " in lines[0], shown
     COUNTS["rejected"] += 1
+    OUTCOMES[command].add("rejected")
 
 
 def train_stand_in(cfg, *args, **kwargs):
@@ -107,22 +112,21 @@ def train_stand_in(cfg, *args, **kwargs):
     for epoch in sorted({1, *[e + 1 for e in cfg.lr_decay_epochs if e < cfg.epochs], cfg.epochs}):
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_decay_epochs, cfg.lr_decay_rate)
         assert math.isfinite(lr) and lr >= 0, f"accepted a config whose epoch-{epoch} learning rate is {lr}"
-    assert all(math.isfinite(v) for v in (cfg.temp, cfg.teacher_temp, cfg.ema, *cfg.crop_scale)), cfg
+    assert all(math.isfinite(v) for v in (cfg.temp_student, cfg.temp_infonce, cfg.ema, *cfg.crop_scale)), cfg
     torch.empty(0).new_empty((cfg.queue_size, 0))  # the queue's length as a tensor dimension, no memory
     raise WouldCompute("train")
 
 
-def features_stand_in(ctx, source, split, args):
+def features_stand_in(ctx, source, split, ev):
     """In place of feature extraction (`isd knn|linear`): the values the probe and the loader get, then stop."""
     import math
 
     import torch
 
     assert 8 <= ctx.size <= 4096, f"accepted image size {ctx.size}"
-    if hasattr(args, "lr"):
-        torch.Generator().manual_seed(args.seed)
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr, momentum=0.9)
-        assert math.isfinite(args.lr), f"accepted --lr {args.lr}"
+    torch.Generator().manual_seed(ev.seed)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=ev.lr, momentum=0.9)
+    assert math.isfinite(ev.lr), f"accepted --lr {ev.lr}"
     raise WouldCompute("extract features")
 
 
@@ -135,11 +139,11 @@ def sandbox(tmp_path_factory):
     replaced by the sentinel; the working directory is a scratch folder, so relative paths land there."""
     import torch
 
-    import isd.demo
-    import isd.eval.command
-    import isd.eval.monitor
-    import isd.train.launch
-    import isd.train.loop
+    import isd.cli.demo
+    import isd.cli.legacy_train
+    import isd.cli.train
+    import isd.data.splits
+    import isd.eval.protocols
     from isd.data import sources
     from isd.nets.backbones import build_backbone
 
@@ -163,7 +167,7 @@ def sandbox(tmp_path_factory):
             raise WouldCompute(f"load {dataset}")
         return real_load_source(dataset, data, *args, **kwargs)
 
-    real_load_backbone, loaded = isd.eval.command.load_backbone, {}
+    real_load_backbone, loaded = isd.eval.protocols.load_backbone, {}
 
     def load_backbone(path, encoder="student", arch=None, trust=False):  # the sandbox checkpoint: once per encoder/arch
         if Path(path) != root / "backbone.pth":
@@ -178,15 +182,16 @@ def sandbox(tmp_path_factory):
         return loaded[encoder, arch]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(isd.eval.command, "load_backbone", load_backbone)
+        mp.setattr(isd.eval.protocols, "load_backbone", load_backbone)
         mp.chdir(root / "work")
-        mp.setattr(isd.train.loop, "train", train_stand_in)
-        mp.setattr(isd.train.launch, "maybe_self_launch", lambda *a, **k: None)
-        mp.setattr(isd.eval.command, "cached_features", features_stand_in)
-        mp.setattr(isd.eval.command, "load_source", load_source)
-        mp.setattr(isd.eval.monitor, "load_source", load_source)
-        mp.setattr(isd.demo, "find_fashion_mnist", would_compute("demo"))
-        mp.setattr(isd.demo, "load_source", load_source)
+        for command in (isd.cli.train, isd.cli.legacy_train, isd.cli.demo):  # every caller of the training loop
+            mp.setattr(command, "train", train_stand_in)
+        mp.setattr(isd.cli.legacy_train, "maybe_self_launch", lambda *a, **k: None)
+        mp.setattr(isd.eval.protocols, "cached_features", features_stand_in)
+        mp.setattr(isd.eval.protocols, "load_source", load_source)
+        mp.setattr(isd.data.splits, "load_source", load_source)  # --eval-every's held-out split
+        mp.setattr(isd.cli.demo, "find_fashion_mnist", would_compute("demo"))
+        mp.setattr(isd.cli.demo, "load_source", load_source)
         yield root
 
 
@@ -268,9 +273,11 @@ def option_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def all_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command line the project accepts, by the name its errors start with."""
-    from isd.cli import build_parser
-    from isd.eval.legacy_eval import SCRIPTS as EVAL_SCRIPTS, legacy_parser as eval_parser
-    from isd.legacy import SCRIPTS as TRAIN_SCRIPTS, legacy_parser
+    from isd.cli.legacy_eval import SCRIPTS as EVAL_SCRIPTS
+    from isd.cli.legacy_eval import legacy_parser as eval_parser
+    from isd.cli.legacy_train import SCRIPTS as TRAIN_SCRIPTS
+    from isd.cli.legacy_train import legacy_parser
+    from isd.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {f"isd {name}": sub.choices[name] for name in ("train", "knn", "linear", "export", "demo")}
@@ -323,7 +330,7 @@ def _set_value(key: str) -> st.SearchStrategy[str]:
         valid = st.tuples(st.floats(0.01, 0.5), st.floats(0.5, 1)).map(lambda t: f"{t[0]},{t[1]}")
     elif isinstance(default, tuple):
         valid = st.lists(st.integers(1, 300).map(str), max_size=3).map(",".join)
-    elif isinstance(default, float) or key == "temp_t":
+    elif isinstance(default, float) or key == "temp_teacher":
         valid = st.floats(1e-3, 0.99).map(repr)
     else:
         valid = st.integers(0, 64).map(str)
@@ -356,9 +363,9 @@ def positional(valid: str) -> st.SearchStrategy[list[str]]:
 
 def command_line(draw, name: str) -> tuple[object, list[str]]:
     """(entry function, the words before the flags) for one of PARSERS."""
-    from isd.cli import main
-    from isd.eval.legacy_eval import main as eval_main
-    from isd.legacy import main as train_main
+    from isd.cli.legacy_eval import main as eval_main
+    from isd.cli.legacy_train import main as train_main
+    from isd.cli.main import main
 
     data, ckpt = f"{SANDBOX_MARK}/data", f"{SANDBOX_MARK}/backbone.pth"
     if name == "isd train":
@@ -417,7 +424,7 @@ def test_set_every_config_key(sandbox, key, data):
 @given(data=st.data())
 def test_other_words(sandbox, data):
     """`isd recipes [NAME]`, and any words in place of a subcommand."""
-    from isd.cli import main
+    from isd.cli.main import main
 
     if data.draw(st.booleans()):
         argv = ["recipes", *data.draw(st.lists(st.one_of(hostile, st.just("isd-fmnist-demo")), max_size=2))]
@@ -430,10 +437,16 @@ def test_other_words(sandbox, data):
 # ------------------------------------------------------------------------------------------------- the count
 
 
-def test_report_the_number_of_cases(capsys):
-    """Runs last: prints how many command lines the properties above tried (the README quotes it)."""
+def test_every_command_line_reached_both_outcomes(capsys):
+    """Runs last. A fuzz whose values are all refused never reaches the checks behind the first value, and one
+    whose values are all accepted tests no check: every command line it ran must have had examples accepted and
+    examples refused with one line. Then it prints how many command lines were tried (docs/reliability.md)."""
     if COUNTS["total"] == 0:
         pytest.skip("run with the property tests above to count their cases")
+    one_sided = {command: sorted(seen) for command, seen in OUTCOMES.items() if seen != {"accepted", "rejected"}}
+    assert not one_sided, one_sided
+    if COUNTS["isd train"] and COUNTS["isd (other)"]:  # the whole file ran: every command line was fuzzed
+        assert set(OUTCOMES) == {*PARSERS, "isd (other)"}
     per_command = ", ".join(f"{k}: {v}" for k, v in COUNTS.items() if k not in ("total", "accepted", "rejected"))
     with capsys.disabled():
         print(f"\ncli fuzz: {COUNTS['total']} generated command lines ({len(DISTINCT)} distinct), {COUNTS['rejected']} "

@@ -95,9 +95,9 @@ def harness_train(spec: dict) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # this rank alone is told to stop, during its second step
         if spec.get("float64"):
             key, query = key.double(), query.double()
-        loss, stats = forward(self, key, query, labels)
-        losses.append(float(loss.detach()))
-        return loss, stats
+        step = forward(self, key, query, labels)
+        losses.append(float(step.loss.detach()))
+        return step
 
     MomentumMethod.forward = recording_forward
     if spec.get("float64"):  # model, queue and loss in float64: what is left of a difference is the algorithm's
@@ -344,21 +344,36 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     ({"TORCHELASTIC_RUN_ID": "x"}, 8, "auto", False),
 ])
 def test_needs_self_launch(env, gpus, device, expected):
-    from isd.train.launch import needs_self_launch
+    from isd.cli.launch import needs_self_launch
     assert needs_self_launch(env, gpus, device) is expected
 
 
 def test_legacy_script_on_one_device_does_not_self_launch(monkeypatch):
-    import isd.train.launch as launch_mod
+    import isd.cli.launch as launch_mod
     calls = []
     monkeypatch.setattr(launch_mod, "self_launch", lambda *a, **k: calls.append(a) or 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert launch_mod.maybe_self_launch("train_isd.py", ["data"], "auto") is None
+    assert launch_mod.maybe_self_launch("train_isd.py", "m", ["data"], "auto") is None
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for k in ("WORLD_SIZE", "LOCAL_RANK", "RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(k, raising=False)
-    assert launch_mod.maybe_self_launch("train_isd.py", ["data"], "auto") == 0
-    assert calls == [("train_isd.py", ["data"], 2)]
+    assert launch_mod.maybe_self_launch("train_isd.py", "m", ["data"], "auto") == 0
+    assert calls == [("train_isd.py", "m", ["data"], 2)]
+
+
+def test_self_launched_workers_run_the_script_module_with_the_scripts_command_line(monkeypatch):
+    """Each worker runs `python -m isd.cli.legacy_train SCRIPT ARGS...`: the launcher is told what to run."""
+    import isd.cli.launch as launch_mod
+    from isd.cli import legacy_train
+
+    launched = []
+    monkeypatch.setattr(launch_mod, "self_launch", lambda *a: launched.append(a) or 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for k in ("WORLD_SIZE", "LOCAL_RANK", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert legacy_train.main("train_isd.py", ["/data/x", "--epochs", "3"]) == 0
+    assert launched == [("train_isd.py", "isd.cli.legacy_train", ["train_isd.py", "/data/x", "--epochs", "3"], 2)]
+    assert legacy_train.WORKER == legacy_train.__name__
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import torchvision
 from PIL import Image
 
 import isd
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
 from isd.eval.features import backbone_forward
-from isd.eval.legacy_eval import main as legacy_main
+from isd.cli.legacy_eval import main as legacy_main
 from isd.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
 from isd.data.sources import find_fashion_mnist, load_source
 from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_split, training_images, unbalanced_subset
@@ -85,12 +86,13 @@ def test_supervised_baseline_is_cross_entropy_on_the_query_view(image_root, tmp_
     key, query = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     labels = torch.tensor([0, 1, 4, 2])
     model.eval()
-    loss, stats = model(key, query, labels)
+    loss, stats, after = model(key, query, labels)
     logits = model.encoder_q(query)
     assert logits.shape == (4, 5)
     assert torch.allclose(loss, F.cross_entropy(logits, labels))
     assert stats["train_acc"] == (logits.argmax(1) == labels).float().mean()
-    loss_other_key, _ = model(torch.zeros_like(key), query, labels)  # the key view plays no part
+    assert not after.update_teacher and after.keys is None  # nothing for after the optimizer step
+    loss_other_key = model(torch.zeros_like(key), query, labels).loss  # the key view plays no part
     assert torch.equal(loss, loss_other_key)
 
 
@@ -134,10 +136,10 @@ def test_only_and_shard_pick_parts_of_the_grid():
     assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
     assert not set(c.name for c in shards[0]) & set(c.name for c in shards[1])
     for bad in ("method", "colour=red"):
-        with pytest.raises(UsageError, match="--only"):
+        with pytest.raises(UsageError, match="only"):
             select(cells, bad)
     for bad in ("0/3", "4/3", "a/b", "2"):
-        with pytest.raises(UsageError, match="--shard"):
+        with pytest.raises(UsageError, match="shard"):
             select(cells, shard=bad)
 
 
@@ -249,15 +251,19 @@ def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ README
 
 
-def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_files(monkeypatch):
-    """Every table in the README's generated blocks comes from committed result files and this code."""
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_files(doc, monkeypatch):
+    """Every table in the generated blocks of the README and docs/results.md comes from committed result files
+    and this code; the chart links are relative to the file and lead to the committed charts."""
     monkeypatch.chdir(ROOT)
-    blocks = readme_blocks((ROOT / "README.md").read_text())
-    assert blocks, "README.md has no generated results block"
+    blocks = readme_blocks((ROOT / doc).read_text())
+    assert blocks, f"{doc} has no generated results block"
     for folders, body in blocks:
         assert all(f.startswith("benchmarks/results/") for f in folders)
-        assert body == report(folders, write=False), f"README block for {folders} is stale: run " \
-                                                     f"`isd report --readme README.md`"
+        assert body == report(folders, write=False, link_from=(ROOT / doc).parent), \
+            f"{doc} block for {folders} is stale: run `isd report --readme {doc}`"
+        for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", body):
+            assert ((ROOT / doc).parent / link).is_file(), f"{doc}: {link} does not exist"
 
 
 def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
@@ -268,7 +274,8 @@ def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):
     assert main(["report", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "stale" not in text and text.startswith("# title\n") and text.endswith("tail\n")
-    assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False)
+    assert "| D1 |" in text and readme_blocks(text)[0][1] == report([folder], write=False, link_from=tmp_path)
+    assert f"]({Path(os.path.relpath(ROOT / folder, tmp_path)).as_posix()}/accuracy.png)" in text
 
 
 def test_a_cell_started_with_another_config_is_not_resumed(tmp_path, capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
 from isd.eval.figures import kmeans
 from isd.train.loop import train

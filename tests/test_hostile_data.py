@@ -17,7 +17,7 @@ import isd.data.decode as decode
 from conftest import single_thread, tiny_values, write_image_folder
 from isd.config import build_config
 from isd.data.decode import BACKGROUND, open_rgb
-from isd.train.preemption import ignore_stop_signals
+from isd.runtime import ignore_stop_signals
 from isd.data.sources import image_folder
 from isd.errors import UsageError
 from isd.train.loop import train

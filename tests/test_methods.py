@@ -14,7 +14,7 @@ from torch import nn
 import isd.methods.isd as isd_module
 import isd.methods.moco as moco_module
 from isd.config import build_config
-from isd.methods import BYOL, ISD, ISDPlus, MoCo, build_method
+from isd.methods import BYOL, ISD, AfterStep, ISDPlus, MoCo, Supervised, build_method
 from isd.methods.byol import byol_loss
 from isd.methods.isd import isd_loss
 from isd.methods.momentum import MemoryQueue
@@ -156,23 +156,25 @@ def test_update_teacher_is_ema_over_parameters_only(method):
                                    rtol=0, atol=1e-6)
 
 
-def test_teacher_update_happens_before_teacher_forward():
-    model = small_model("isd", ema=0.5)
+@pytest.mark.parametrize("method", ["isd", "isd-plus", "byol", "moco"])
+def test_forward_moves_nothing_and_apply_step_makes_the_teacher_update(method):
+    model = small_model(method, ema=0.5)
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(4, 3, 16, 16)
-    seen = {}
-    original = model.teacher_embed
-
-    def spy(view):
-        seen["conv1"] = model.encoder_k.conv1.weight.clone()
-        return original(view)
-
-    model.teacher_embed = spy
-    before_t, before_s = model.encoder_k.conv1.weight.clone(), model.encoder_q.conv1.weight.clone()
-    model(x, x)
-    torch.testing.assert_close(seen["conv1"], 0.5 * before_t + 0.5 * before_s, rtol=0, atol=1e-6)
+    teacher = {n: p.clone() for n, p in model.encoder_k.named_parameters()}
+    queue = model.queue.queue.clone() if method != "byol" else None
+    first = model(x, x)
+    second = model(x, x)  # a diagnostic or an accumulation step: still nothing moves
+    assert all(torch.equal(p, teacher[n]) for n, p in model.encoder_k.named_parameters())
+    assert queue is None or torch.equal(model.queue.queue, queue)
+    torch.testing.assert_close(first.loss, second.loss, rtol=0, atol=0)
+    assert first.after.update_teacher
+    model.apply_step(first.after)
+    student = dict(model.encoder_q.named_parameters())
+    for name, p in model.encoder_k.named_parameters():
+        torch.testing.assert_close(p, 0.5 * teacher[name] + 0.5 * student[name], rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ memory queue
@@ -246,22 +248,23 @@ def test_forward_uses_queue_before_this_steps_keys(method, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(module, name, record)
-    loss, stats = model(key, query, labels)
+    loss, stats, after = model(key, query, labels)
     assert len(calls) == 1 and torch.equal(calls[0][2], before)
-    # expected loss from the same student/teacher steps and the queue snapshot taken before forward
+    # expected loss from the same student and teacher and the queue snapshot taken before forward
     q = reference.student_embed(query)
-    reference.update_teacher()
     k = reference.teacher_embed(key)
     if method == "moco":
-        expected = real(q, k, before, model.temp)
+        expected = real(q, k, before, model.temp_infonce)
+        assert model.temp_infonce == 0.2  # MoCo-v2's, not ISD's temp_student
     else:
-        expected = real(q, k, before, model.temp_s, model.temp_t)
-        assert (model.temp_s, model.temp_t) == ((0.1, 0.05) if method == "isd-plus" else (0.02, 0.02))
+        expected = real(q, k, before, model.temp_student, model.temp_teacher)
+        assert (model.temp_student, model.temp_teacher) == ((0.1, 0.05) if method == "isd-plus" else (0.02, 0.02))
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
-    # ... the queue is untouched until the step is committed (after backward) ...
+    # ... the queue is untouched until the step is applied (after the optimizer step) ...
     assert torch.equal(model.queue.queue, before) and int(model.queue.ptr) == 0
+    torch.testing.assert_close(after.keys, k, rtol=1e-6, atol=1e-6)
     loss.backward()
-    model.commit()
+    model.apply_step(after)
     # ... and then holds this step's keys, with their labels
     torch.testing.assert_close(model.queue.queue[:4], k, rtol=1e-6, atol=1e-6)
     assert torch.equal(model.queue.queue[4:], before[4:])
@@ -271,28 +274,41 @@ def test_forward_uses_queue_before_this_steps_keys(method, monkeypatch):
     assert not torch.allclose(loss, real(q, k, model.queue.queue, *calls[0][3:]))
 
 
-def test_discarded_step_leaves_the_queue_and_an_uncommitted_one_is_enqueued_by_the_next_forward():
+def test_a_step_not_applied_leaves_the_queue_and_only_applied_keys_are_enqueued():
     model = small_model("isd")
-    x = torch.randn(4, 3, 16, 16)
+    x, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
     before = model.queue.queue.clone()
-    model(x, x)
-    model.discard()
-    model(x, x)  # commits nothing: the first step's keys were dropped
+    dropped = model(x, x)  # a skipped step: the loop drops its AfterStep
+    kept = model(y, y)
     assert torch.equal(model.queue.queue, before)
-    model(x, x)  # the second forward's keys were never committed: this forward enqueues them first
-    assert int(model.queue.ptr) == 4 and not torch.equal(model.queue.queue[:4], before[:4])
+    model.apply_step(kept.after)
+    assert int(model.queue.ptr) == 4 and torch.equal(model.queue.queue[:4], kept.after.keys)
+    assert not torch.equal(model.queue.queue[:4], dropped.after.keys)
+    assert torch.equal(model.queue.queue[4:], before[4:])
+
+
+def test_supervised_step_leaves_nothing_for_after_the_optimizer_step():
+    model = small_model("supervised")
+    assert isinstance(model, Supervised) and not hasattr(model, "encoder_k") and not hasattr(model, "queue")
+    x, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
+    step = model(x, x, labels)
+    assert step.after == AfterStep() and set(step.stats) == {"train_acc"}
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    model.apply_step(step.after)
+    model.catch_up_teacher()
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
 
 
 def test_byol_forward_is_its_loss_on_student_and_teacher_embeddings():
     model = small_model("byol")
     key, query = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
     reference = copy.deepcopy(model)
-    loss, stats = model(key, query)
+    loss, stats, after = model(key, query)
     q = reference.student_embed(query)
-    reference.update_teacher()
     k = reference.teacher_embed(key)
     torch.testing.assert_close(loss, byol_loss(q, k), rtol=1e-6, atol=1e-6)
     assert stats == {} and not hasattr(model, "queue")
+    assert after == AfterStep(update_teacher=True)  # nothing to enqueue
 
 
 # ------------------------------------------------------------------------------------------ heads
@@ -316,7 +332,7 @@ def test_isd_r18_heads():
     assert type(model) is ISD
     assert isinstance(model.encoder_q.fc, nn.Identity) and isinstance(model.encoder_k.fc, nn.Identity)
     assert_mlp(model.predict_q, 512, 512, 512, first_bias=False)
-    assert model.queue.queue.shape == (128000, 512) and (model.temp_s, model.temp_t) == (0.02, 0.02)
+    assert model.queue.queue.shape == (128000, 512) and (model.temp_student, model.temp_teacher) == (0.02, 0.02)
     assert model.ema == 0.999
 
 
@@ -326,7 +342,7 @@ def test_isd_plus_r50_heads():
     assert_mlp(model.encoder_q.fc, 2048, 4096, 512)
     assert_mlp(model.encoder_k.fc, 2048, 4096, 512)  # the teacher's MLP is part of the EMA
     assert_mlp(model.predict_q, 512, 4096, 512)
-    assert model.queue.queue.shape == (256, 512) and (model.temp_s, model.temp_t) == (0.1, 0.01)
+    assert model.queue.queue.shape == (256, 512) and (model.temp_student, model.temp_teacher) == (0.1, 0.01)
     assert model.ema == 0.99
     x = torch.randn(2, 3, 64, 64)
     model.eval()
@@ -348,7 +364,7 @@ def test_moco_r18_heads():
     fc = model.encoder_q.fc
     assert isinstance(fc, nn.Sequential) and len(fc) == 3
     assert linear(fc[0], 512, 512) and isinstance(fc[1], nn.ReLU) and linear(fc[2], 512, 128)
-    assert isinstance(model.predict_q, nn.Identity) and model.temp == 0.2
+    assert isinstance(model.predict_q, nn.Identity) and model.temp_infonce == 0.2
 
 
 def test_optimizer_sees_student_and_heads_only(image_root, tmp_path):
@@ -379,7 +395,7 @@ def test_loss_is_fp32_under_bf16_autocast(monkeypatch):
     x = torch.randn(4, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.encoder_q(x)
-        loss, _ = model(x, x)
+        loss = model(x, x).loss
     assert features.dtype == torch.bfloat16  # the backbone does run in bf16 ...
     assert loss.dtype == torch.float32  # ... but the similarities and the loss are fp32
     assert seen == [(torch.float32, torch.float32, torch.float32, False)]
@@ -388,14 +404,15 @@ def test_loss_is_fp32_under_bf16_autocast(monkeypatch):
     assert model.predict_q[0].weight.grad is not None
 
 
-def test_shuffle_bn_is_identity_in_one_process():
+def test_one_process_teacher_keys_follow_their_samples_in_any_order():
+    """Shuffle-BN needs no shuffle in one process: BatchNorm's batch statistics do not depend on the order of
+    the samples, so the keys of a permuted batch are the permuted keys, whatever the permutation."""
     model = small_model("isd")
     model.train()
-    x = torch.randn(4, 3, 16, 16)
-    with torch.no_grad():
-        expected = F.normalize(copy.deepcopy(model.encoder_k)(x).float(), dim=1)
-    got = model.teacher_embed(x)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert not got.requires_grad
-    # BatchNorm statistics of the teacher come from its own forward in train mode
-    assert not torch.equal(model.encoder_k.bn1.running_mean, model.encoder_q.bn1.running_mean)
+    x = torch.randn(8, 3, 16, 16)
+    keys = model.teacher_embed(x)
+    for seed in range(3):
+        perm = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(model.teacher_embed(x[perm]), keys[perm], rtol=1e-5, atol=1e-6)
+    assert not keys.requires_grad and keys.shape == (8, 64)
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(8))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from isd.cli import main
+from isd.cli.main import main
 from conftest import TINY, single_thread, write_image_folder
 
 
@@ -48,13 +48,13 @@ def test_eval_every_with_subset_file_labels_queries_as_the_bank(tmp_path, monkey
     write_image_folder(data / "val", classes=3, per_class=2, seed=3)
     (tmp_path / "subset.txt").write_text("class1\nclass2\n")
     seen = []
-    real = monitor.knn_evaluate
+    real = monitor.knn_of
 
-    def watch(bank, bank_y, query, query_y, **kwargs):
-        seen.append((bank_y.tolist(), query_y.tolist(), kwargs["num_classes"]))
-        return real(bank, bank_y, query, query_y, **kwargs)
+    def watch(encoded, num_classes, *args, **kwargs):
+        seen.append((encoded.bank_y.tolist(), encoded.query_y.tolist(), num_classes))
+        return real(encoded, num_classes, *args, **kwargs)
 
-    monkeypatch.setattr(monitor, "knn_evaluate", watch)
+    monkeypatch.setattr(monitor, "knn_of", watch)
     sets = [f"--set={k}={v}" for k, v in TINY.items()]
     with single_thread():
         code = main(["train", str(data), "--epochs", "1", "--eval-every", "1", "--run-dir", str(tmp_path / "run"),

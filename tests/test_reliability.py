@@ -16,11 +16,11 @@ import torch
 
 import isd.methods.isd as isd_module
 from conftest import ROOT, single_thread, tiny_values, write_image_folder
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import build_config
-from isd.data import loaders
+from isd.data import batches
 from isd.errors import CheckpointWriteError, NonFiniteError, Preempted
-from isd.train import checkpoint as ck
+from isd import checkpoint as ck
 from isd.train.loop import train
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
@@ -60,7 +60,7 @@ def reference(data16, tmp_path_factory) -> Path:
 
 def signal_at(monkeypatch, signum: int, at_step: int, epoch: int = 1) -> None:
     """Deliver `signum` to this process while the loader hands out batch `at_step` of `epoch`."""
-    real = loaders.FileLoader.epoch
+    real = batches.FileLoader.epoch
 
     def epoch_with_signal(self, e, start_step=0):
         for step, batch in enumerate(real(self, e, start_step), start=start_step):
@@ -68,19 +68,20 @@ def signal_at(monkeypatch, signum: int, at_step: int, epoch: int = 1) -> None:
                 os.kill(os.getpid(), signum)
             yield batch
 
-    monkeypatch.setattr(loaders.FileLoader, "epoch", epoch_with_signal)
+    monkeypatch.setattr(batches.FileLoader, "epoch", epoch_with_signal)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_signal_finishes_the_step_checkpoints_and_resume_is_exact(signum, data16, reference, tmp_path, monkeypatch):
     values = tiny_values(data16, tmp_path, epochs=2)
+    before = signal.getsignal(signum)
     signal_at(monkeypatch, signum, at_step=2, epoch=1)
     with pytest.raises(Preempted) as stopped:
         run(values)
     assert signal.Signals(signum).name in str(stopped.value) and "epoch 1, step 3/4" in str(stopped.value)
     state = torch.load(tmp_path / ck.LAST, weights_only=False)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 3)  # the step that was running finished
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or signum != signal.SIGTERM  # handlers restored
+    assert signal.getsignal(signum) is before  # the handler that was there before the run is back
     monkeypatch.undo()
     logs = []
     run({**values, "resume": "auto"}, logs)
@@ -231,12 +232,26 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(image_root, tmp_pat
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a background job (`make test &`)
     with StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.should_stop() and stop.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler that was there before, whatever it was
+
+
+def test_stop_handlers_work_and_are_put_back_when_sigint_starts_ignored():
+    """What a background job (`make test &`, `nohup`) gets: SIGINT ignored. The run still stops on it, and the
+    ignore is what it leaves behind."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequests() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.should_stop() and stop.name == "SIGINT"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow

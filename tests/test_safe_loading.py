@@ -17,9 +17,9 @@ import torch
 
 import isd
 from conftest import ROOT, TINY, single_thread, write_image_folder
-from isd.cli import main
-from isd.eval.legacy_eval import main as eval_main
-from isd.legacy import main as train_main
+from isd.cli.main import main
+from isd.cli.legacy_eval import main as eval_main
+from isd.cli.legacy_train import main as train_main
 from isd.nets.backbones import build_backbone
 
 
@@ -136,16 +136,16 @@ def test_what_original_and_own_checkpoints_hold_is_allowed(tmp_path):
 
     import numpy as np
 
-    from isd import checkpoint_reader
+    from isd import checkpoint
 
     state = {"opt": argparse.Namespace(arch="resnet50", lr_decay_epochs=[90, 120], cos=True),
              "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()}
     torch.save(state, tmp_path / "ok.pth")
-    loaded = checkpoint_reader.load(tmp_path / "ok.pth")
+    loaded = checkpoint.load(tmp_path / "ok.pth")
     assert loaded["opt"] == state["opt"] and np.array_equal(loaded["numpy_rng"][1], state["numpy_rng"][1])
     torch.save({"opt": {"data": Path("/data")}}, tmp_path / "path.pth")  # harmless, but not on the list
-    with pytest.raises(checkpoint_reader.UnsafeCheckpoint, match="path.pth holds pathlib.PosixPath"):
-        checkpoint_reader.load(tmp_path / "path.pth")
+    with pytest.raises(checkpoint.UnsafeCheckpoint, match="path.pth holds pathlib.PosixPath"):
+        checkpoint.load(tmp_path / "path.pth")
 
 
 def test_a_corrupt_file_is_unreadable_not_unsafe(tmp_path, capsys):

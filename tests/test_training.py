@@ -14,12 +14,13 @@ import torch
 
 import isd.train.loop as loop
 from conftest import ROOT, single_thread, tiny_values
-from isd.cli import main
+from isd.cli.main import main
 from isd.config import Config, build_config, recipe_names
 from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
 from isd.errors import UsageError
-from isd.legacy import legacy_parser, legacy_values
-from isd.train import checkpoint as ck
+from isd.cli.legacy_train import legacy_parser, legacy_values
+from isd.runtime import file_sha256
+from isd import checkpoint as ck
 from isd.train.loop import train
 from isd.train.schedule import learning_rate
 
@@ -60,12 +61,12 @@ def test_cosine_schedule_landmarks():
 
 def test_recipe_values_match_spec():
     isd = build_config("isd-r18-imagenet", {"data": "x"})
-    assert (isd.method, isd.arch, isd.lr, isd.schedule, isd.ema, isd.queue_size, isd.temp, isd.teacher_temp) == \
-        ("isd", "resnet18", 0.01, "step", 0.999, 128000, 0.02, 0.02)
+    assert (isd.method, isd.arch, isd.lr, isd.schedule, isd.ema, isd.queue_size, isd.temp_student, isd.temp_teacher) == \
+        ("isd", "resnet18", 0.01, "step", 0.999, 128000, 0.02, None)
     assert isd.lr_decay_epochs == (140, 180) and isd.epochs == 200 and isd.batch_size == 256
     assert isd.augmentation == "strong/strong" and isd.recipe == "isd-r18-imagenet"
     plus = build_config("isd-plus-r50-imagenet", {"data": "x"})
-    assert (plus.method, plus.arch, plus.lr, plus.schedule, plus.ema, plus.temp, plus.teacher_temp) == \
+    assert (plus.method, plus.arch, plus.lr, plus.schedule, plus.ema, plus.temp_student, plus.temp_teacher) == \
         ("isd-plus", "resnet50", 0.05, "cos", 0.99, 0.1, 0.01)
     assert (plus.key_aug, plus.query_aug) == ("weak", "strong")
     byol = build_config("byol-r18-imagenet", {"data": "x"})
@@ -87,20 +88,38 @@ def test_set_overrides_coerce_types_and_win_over_flags():
     assert cfg.lr == 0.3  # the flag beats the recipe (0.01)
     assert cfg.ema == 0.5 and type(cfg.ema) is float
     assert cfg.lr_decay_epochs == (10, 20) and cfg.crop_scale == (0.5, 1.0)
-    assert cfg.deterministic is True and cfg.temp_t is None and cfg.image_size == 32
+    assert cfg.deterministic is True and cfg.temp_teacher is None and cfg.image_size == 32
     assert cfg.arch == "resnet50" and cfg.subset_file is None and cfg.queue_size == 512
-    assert build_config(None, {"data": "x"}, ["temp=1e-2"]).temp == 0.01
+    assert build_config(None, {"data": "x"}, ["temp_student=1e-2"]).temp_student == 0.01
+
+
+@pytest.mark.parametrize("method, given, expected", [
+    ("isd", {"temp": 0.07}, {"temp_student": 0.07, "temp_teacher": None, "temp_infonce": 0.2}),
+    ("isd-plus", {"temp": 0.1, "temp_t": 0.01}, {"temp_student": 0.1, "temp_teacher": 0.01}),
+    ("moco", {"temp": 0.3}, {"temp_student": 0.02, "temp_infonce": 0.3}),
+    ("byol", {"temp": 0.5}, {"temp_student": 0.5, "temp_infonce": 0.2}),
+])
+def test_old_temperature_names_are_aliases_of_each_methods_own(method, given, expected):
+    """`temp` was every method's one temperature and `temp_t` the teacher's: as values, recipe keys, --set keys
+    and in the `opt` of older checkpoints they still mean what they meant for that method."""
+    from isd.config import config_from_dict
+
+    for cfg in (build_config(None, {"data": "x", "method": method, **given}),
+                build_config(None, {"data": "x"}, [f"method={method}", *(f"{k}={v}" for k, v in given.items())]),
+                config_from_dict({"data": "x", **given, "method": method})):  # the method after the alias
+        assert {k: getattr(cfg, k) for k in expected} == expected
+        assert "temp" not in cfg.to_dict() and "temp_t" not in cfg.to_dict()
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["foo=1"], "unknown config key 'foo' in --set"),
+    (["foo=1"], "unknown config key 'foo' in set"),
     (["epochs=abc"], "bad value 'abc' for 'epochs': expected an integer"),
     (["epochs=2.5"], "bad value '2.5' for 'epochs': expected an integer"),
     (["deterministic=maybe"], "bad value 'maybe' for 'deterministic': expected true or false"),
     (["lr_decay_epochs=a,b"], "expected a comma-separated list of numbers"),
-    (["epochs"], "--set expects key=value, got 'epochs'"),
+    (["epochs"], "set expects key=value, got 'epochs'"),
     (["epochs="], "bad value '' for 'epochs': expected an integer"),
-    (["augmentation=weak"], "bad --augmentation 'weak'"),
+    (["augmentation=weak"], "bad augmentation 'weak'"),
 ])
 def test_bad_overrides_are_rejected_with_the_key(overrides, message):
     with pytest.raises(UsageError, match=None) as err:
@@ -111,7 +130,7 @@ def test_bad_overrides_are_rejected_with_the_key(overrides, message):
 def test_unknown_key_in_values_is_rejected():
     with pytest.raises(UsageError) as err:
         build_config(None, {"data": "x", "learning_rate": 0.1})
-    assert "unknown config key 'learning_rate' in the command line" in str(err.value)
+    assert "unknown config key 'learning_rate' in the given values" in str(err.value)
 
 
 def test_isd_recipes_lists_them_all(capsys):
@@ -122,7 +141,7 @@ def test_isd_recipes_lists_them_all(capsys):
     assert all(len(line.split()) > 1 for line in lines)  # each with its description
     assert main(["recipes", "isd-plus-r50-imagenet"]) == 0
     out = capsys.readouterr().out
-    assert "temp_t: 0.01" in out and "method: isd-plus" in out
+    assert "temp_teacher: 0.01" in out and "method: isd-plus" in out
 
 
 def test_config_yaml_round_trips(tmp_path):
@@ -139,19 +158,22 @@ def test_config_yaml_round_trips(tmp_path):
 
 
 def legacy_config(script: str, argv: list[str]) -> Config:
-    from isd.legacy import SCRIPTS
+    from isd.cli.legacy_train import SCRIPTS
 
-    return build_config(SCRIPTS[script][0], legacy_values(legacy_parser(script).parse_args(argv)))
+    parser = legacy_parser(script)
+    return build_config(SCRIPTS[script][0], legacy_values(parser.parse_args(argv), parser))
 
 
 def test_original_flags_map_onto_config():
     cfg = legacy_config("train_isd_plus.py", ["D", "--learning_rate", "0.3", "--momentum", "0.5", "--temp_s", "0.2",
                                               "--temp_t", "0.05", "--lr_decay_epochs", "10,20", "--checkpoint_path",
                                               "P", "--arch", "resnet18", "--batch_size", "4", "--queue_size", "8"])
-    assert (cfg.lr, cfg.ema, cfg.temp, cfg.teacher_temp, cfg.lr_decay_epochs, cfg.run_dir, cfg.data) == \
+    assert (cfg.lr, cfg.ema, cfg.temp_student, cfg.temp_teacher, cfg.lr_decay_epochs, cfg.run_dir, cfg.data) == \
         (0.3, 0.5, 0.2, 0.05, (10, 20), "P", "D")
     isd = legacy_config("train_isd.py", ["D", "--temp", "0.07", "--cos"])
-    assert isd.temp == 0.07 and isd.teacher_temp == 0.07 and isd.schedule == "cos"
+    assert isd.temp_student == 0.07 and isd.temp_teacher is None and isd.schedule == "cos"
+    both = legacy_config("train_isd_plus.py", ["D", "--temp", "0.07", "--temp_s", "0.3"])
+    assert both.temp_student == 0.3  # --temp_s wins over --temp
     assert legacy_config("train_isd.py", ["D"]).schedule == "step"
 
 
@@ -265,6 +287,28 @@ def test_resume_is_bit_identical(source, image_root, tmp_path, monkeypatch):
     assert int(a["state_dict"]["queue.ptr"]) == 0  # 2 epochs x 2 steps x 4 keys = 2 laps of K = 8
 
 
+@pytest.mark.parametrize("resume_from, catch_ups", [(None, 1), ("isd-ssl/2", 0), ("isd-ssl/1", 1), ("original", 1)])
+def test_the_teacher_catches_up_once_unless_the_checkpoint_holds_it_current(resume_from, catch_ups, isd_run,
+                                                                             image_root, tmp_path, monkeypatch):
+    """The original updates its teacher at the top of each forward, so its first step, and its first step after
+    a resume, see one update the loop must make before stepping; a checkpoint of the current format already
+    holds it (the update came after its last optimizer step)."""
+    from isd.methods import MomentumMethod
+
+    calls = []
+    monkeypatch.setattr(MomentumMethod, "catch_up_teacher", lambda self: calls.append(self))
+    values = tiny_values(image_root, tmp_path / "run", epochs=2)
+    if resume_from is not None:
+        state = torch.load(isd_run / "ckpt_last.pth", weights_only=False)
+        assert state["format"] == "isd-ssl/2"
+        state = {**state, "format": resume_from} if resume_from != "original" else {
+            "opt": state["opt"], "state_dict": state["state_dict"], "optimizer": state["optimizer"], "epoch": 1}
+        torch.save(state, tmp_path / "resume.pth")
+        values["resume"] = str(tmp_path / "resume.pth")
+    setup = loop.build(build_config(None, values), log=lambda _: None)
+    assert len(calls) == catch_ups and all(model is setup.model for model in calls)
+
+
 def test_resume_auto_picks_the_newest_readable_checkpoint(image_root, tmp_path):
     base = tiny_values(image_root, tmp_path / "a", method="byol", save_freq=1, epochs=2)
     done = run(base)
@@ -302,7 +346,7 @@ def test_keep_checkpoints_prunes_rolling_files_but_never_epoch_files(image_root,
                      "ckpt_last.pth", "ckpt_step_00000005.pth", "ckpt_step_00000005.pth.sha256",
                      "ckpt_step_00000006.pth", "ckpt_step_00000006.pth.sha256"]
     line = (tmp_path / "ckpt_step_00000006.pth.sha256").read_text()
-    assert line.split() == [ck.file_sha256(tmp_path / "ckpt_step_00000006.pth"), "ckpt_step_00000006.pth"]
+    assert line.split() == [file_sha256(tmp_path / "ckpt_step_00000006.pth"), "ckpt_step_00000006.pth"]
 
 
 def test_run_folder_contents_and_log(isd_run):
@@ -326,11 +370,11 @@ def test_isd_train_runs_every_method(method, image_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = ["train", str(image_root), "--method", method, "--run-dir", str(run_dir), "--epochs", "1",
             "--num-workers", "0", "--device", "cpu", "--batch-size", "4", "--queue-size", "8",
-            "--set", "image_size=32", "--set", "stem=small", "--set", "width=8", "--set", "temp_t=0.05"]
+            "--set", "image_size=32", "--set", "stem=small", "--set", "width=8", "--set", "temp_teacher=0.05"]
     with single_thread():
         assert main(argv) == 0
     ckpt = torch.load(run_dir / "ckpt_epoch_1.pth", weights_only=False)
-    assert ckpt["opt"]["method"] == method and ckpt["opt"]["temp_t"] == 0.05 and ckpt["epoch"] == 1
+    assert ckpt["opt"]["method"] == method and ckpt["opt"]["temp_teacher"] == 0.05 and ckpt["epoch"] == 1
     assert ("queue.queue" in ckpt["state_dict"]) == (method != "byol")
 
 

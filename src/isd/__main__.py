@@ -1,5 +1,5 @@
 import sys
 
-from isd.cli import main
+from isd.cli.main import main
 
 sys.exit(main())

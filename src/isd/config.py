@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from isd.cli_common import path_problem
-from isd.errors import UsageError
+from isd.errors import SettingError, UsageError
+from isd.runtime import path_problem
 
 METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -53,8 +53,9 @@ class Config:
     # method
     ema: float = 0.999  # teacher momentum m
     queue_size: int = 128000
-    temp: float = 0.02  # student temperature (ISD: the one T; MoCo: the InfoNCE T)
-    temp_t: float | None = None  # teacher temperature; None = same as temp
+    temp_student: float = 0.02  # ISD, ISD+: the student's temperature (ISD's one T)
+    temp_teacher: float | None = None  # ISD, ISD+: the teacher's temperature; None = temp_student
+    temp_infonce: float = 0.2  # MoCo: the InfoNCE temperature
     # engine
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
@@ -87,12 +88,18 @@ class Config:
     def query_aug(self) -> str:
         return self.augmentation.split("/")[1]
 
-    @property
-    def teacher_temp(self) -> float:
-        return self.temp if self.temp_t is None else self.temp_t
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# the original scripts' names, still read from their flags, recipes, plans and older checkpoints: `temp` was the
+# one temperature of every method (ISD's T, MoCo's InfoNCE T), `temp_t` the teacher's
+ALIASES = ("temp", "temp_t")
+
+
+def alias_target(name: str, method: str) -> str:
+    if name == "temp_t":
+        return "temp_teacher"
+    return "temp_infonce" if method == "moco" else "temp_student"
 
 
 def recipe_names() -> list[str]:
@@ -102,7 +109,8 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name: str) -> dict[str, Any]:
     if name not in recipe_names():
-        raise UsageError(f"unknown recipe '{name}' (--recipe); available: {', '.join(recipe_names())} (see `isd recipes`)")
+        raise SettingError("unknown recipe {name!r} ({recipe}); available: {names} (see `isd recipes`)", name=name,
+                           names=", ".join(recipe_names()))
     text = (resources.files("isd") / "recipes" / f"{name}.yaml").read_text()
     values = yaml.safe_load(text) or {}
     values.pop("description", None)
@@ -134,8 +142,8 @@ def _coerce(name: str, raw: Any) -> Any:
             raise ValueError
         if isinstance(default, tuple):
             items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(" ", "").split(",") if s]
-            kind = float if name == "crop_scale" else int
-            return tuple(kind(v) for v in items)
+            item = float if name == "crop_scale" else int
+            return tuple(item(v) for v in items)
         kind = _base_type(name)
         if kind is int:
             if isinstance(raw, float) and not raw.is_integer():
@@ -163,121 +171,161 @@ def _type_name(default: Any, name: str) -> str:
 
 
 def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> Config:
-    for name, raw in values.items():
-        name = name.replace("-", "_")
+    """Set each value (YAML or text) on cfg; `origin` says where they came from, in messages (a template: it may
+    name a setting, `{set}`)."""
+    named = [(name.replace("-", "_"), raw) for name, raw in values.items()]
+    for name, raw in sorted(named, key=lambda item: item[0] in ALIASES):  # an alias after the method it depends on
+        if name in ALIASES:
+            name = alias_target(name, cfg.method)
         if name not in FIELDS:
             close = [f for f in FIELDS if f.startswith(name[:3])]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UsageError(f"unknown config key '{name}' in {origin}{hint} (valid keys: {', '.join(FIELDS)})")
-        if name == "recipe" and origin == "--set":
-            raise UsageError("'recipe' is not a --set key: load a recipe with --recipe NAME (see `isd recipes`)")
+            raise SettingError(f"unknown config key {{given!r}} in {origin}{{hint}} (valid keys: {{valid}})",
+                               given=name, hint=hint, valid=", ".join(FIELDS))
         setattr(cfg, name, _coerce(name, raw))
     return cfg
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`key=value` texts (the `set` setting of the command lines) as values."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--set expects key=value, got '{pair}' (e.g. --set epochs=10)")
+            raise SettingError("{set} expects key=value, got {pair!r} (e.g. {set} epochs=10)", pair=pair)
         key, value = pair.split("=", 1)
+        if key.strip().replace("-", "_") == "recipe":
+            raise SettingError("'recipe' is not a {set} key: load a recipe with {recipe} NAME (see `isd recipes`)")
         out[key.strip()] = value.strip()
     return out
 
 
 def build_config(recipe: str | None = None, values: dict[str, Any] | None = None,
                  overrides: list[str] | None = None) -> Config:
-    """Defaults <- recipe <- explicit values (flags) <- `--set` overrides, then validated."""
+    """Defaults <- recipe <- explicit values (flags) <- `key=value` overrides, then validated."""
     cfg = Config()
     if recipe:
         apply_values(cfg, load_recipe(recipe), f"recipe '{recipe}'")
         cfg.recipe = recipe
-    apply_values(cfg, values or {}, "the command line")
-    apply_values(cfg, parse_overrides(overrides or []), "--set")
+    apply_values(cfg, values or {}, "the given values")
+    apply_values(cfg, parse_overrides(overrides or []), "{set}")
     validate(cfg)
     return cfg
 
 
+# ----------------------------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""  # why, or an example
+
+    def holds(self, v: float) -> bool:
+        return (self.low is None or (v > self.low if self.open_low else v >= self.low)) and \
+            (self.high is None or (v < self.high if self.open_high else v <= self.high))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {_num(self.low)}"
+        return f"{'<' if self.open_high else '<='} {_num(self.high)}"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "any"
+    if x >= 2**16 and float(x).is_integer() and int(x) & (int(x) - 1) == 0:
+        return f"2**{int(x).bit_length() - 1}"
+    return f"{x:g}"
+
+
+# The ranges of the settings that training and evaluation share, and of training's own. Evaluation checks its
+# values with `check_range` against this table too (isd.eval.protocols), with its own entries beside it.
+RANGES = {
+    "epochs": Range(1), "lr": Range(0, open_low=True), "seed": Range(0, 2**32, open_high=True),
+    "num_workers": Range(0, 256), "image_size": Range(8, 1024),
+    "batch_size": Range(2, note="BatchNorm needs two samples"), "sgd_momentum": Range(0, 1, open_high=True),
+    "weight_decay": Range(0), "lr_decay_rate": Range(0, 1, open_low=True, note="lr *= rate at each decay epoch"),
+    "lr_decay_epochs": Range(1, note="epochs, e.g. 140,180"), "width": Range(8, 1024, note="64 is torchvision's"),
+    "ema": Range(0, 1, open_high=True), "temp_student": Range(1e-3, note="ISD uses 0.02"),
+    "temp_teacher": Range(1e-3), "temp_infonce": Range(1e-3, note="MoCo-v2 uses 0.2"), "save_freq": Range(1),
+    "print_freq": Range(1), "ckpt_every_steps": Range(0, note="0 = epoch ends only"), "keep_checkpoints": Range(1),
+    "eval_every": Range(0, note="0 = never"), "eval_max_images": Range(0, note="0 = all"), "blur_prob": Range(0, 1),
+    "holdout": Range(0, note="0 = off"), "common_classes": Range(0, note="0 = off"),
+    "max_train_images": Range(0, note="0 = off"), "rare_per_class": Range(1), "max_bad_fraction": Range(0, 1),
+    "queue_size": Range(0, 2**24, note="the paper's is 128000"),
+}
+
+
+def check_range(key: str, value: Any, rule: Range | None = None) -> None:
+    """SettingError naming `key` unless every number of `value` (one, or a tuple) is finite and in its range."""
+    rule = rule or RANGES[key]
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if v is None or isinstance(v, (bool, str)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SettingError("{%s} must be a finite number, got {got}" % key, got=v)
+        if isinstance(v, int) and not -2**63 < v < 2**63:
+            raise SettingError("{%s} must be an integer below 2**63, got {got}" % key, got=v)
+        if not rule.holds(v):
+            note = f" ({rule.note})" if rule.note else ""
+            raise SettingError("{%s} must be %s%s, got {got}" % (key, rule, note), got=_shown(value))
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def validate(cfg: Config) -> None:
     """Every check that needs no data and no model: runs before anything is loaded."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UsageError(message)
-
-    # any number first: finite floats, integers a 64-bit value holds (torch, numpy and the seeds need both)
-    flags = {"lr": "--lr / --learning_rate", "ema": "--momentum / --set ema", "temp": "--temp / --temp_s",
-             "temp_t": "--temp_t", "epochs": "--epochs", "batch_size": "--batch_size", "queue_size": "--queue_size",
-             "seed": "--seed", "num_workers": "--num_workers", "lr_decay_rate": "--lr_decay_rate",
-             "lr_decay_epochs": "--lr_decay_epochs", "weight_decay": "--weight_decay",
-             "sgd_momentum": "--sgd_momentum", "save_freq": "--save_freq", "print_freq": "--print_freq",
-             "eval_every": "--eval-every", "ckpt_every_steps": "--ckpt-every-steps",
-             "keep_checkpoints": "--keep-checkpoints"}
     for name in FIELDS:
-        value = getattr(cfg, name)
-        flag = flags.get(name, f"--set {name}")
-        for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, float):
-                need(math.isfinite(v), f"{name} must be a finite number ({flag}), got {v}")
-            elif isinstance(v, int) and not isinstance(v, bool):
-                need(-2**63 < v < 2**63, f"{name} must be an integer below 2**63 ({flag}), got {v}")
-    need(cfg.method in METHODS, f"unknown method '{cfg.method}' (--method); choose from {', '.join(METHODS)}")
-    need(cfg.arch in ARCHS, f"unknown arch '{cfg.arch}' (--arch); choose from {', '.join(ARCHS)}")
-    need(cfg.stem in ("auto", "imagenet", "small"), f"unknown stem '{cfg.stem}'; choose auto, imagenet or small")
-    need(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (--dataset); choose from {', '.join(DATASETS)}")
-    parts = cfg.augmentation.split("/")
-    need(len(parts) == 2 and all(p in AUGMENTATIONS for p in parts),
-         f"bad --augmentation '{cfg.augmentation}': use KEY/QUERY with weak or strong, e.g. weak/strong")
-    need(cfg.schedule in ("step", "cos"), f"unknown schedule '{cfg.schedule}'; choose step or cos")
-    need(cfg.device in ("auto", "cpu", "cuda"), f"unknown device '{cfg.device}'; choose auto, cpu or cuda")
-    need(cfg.amp in ("auto", "bf16", "off"), f"unknown amp '{cfg.amp}'; choose auto, bf16 or off")
-    need(cfg.channels_last in ("auto", "on", "off"), f"bad channels_last '{cfg.channels_last}'; choose auto, on or off")
-    need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
-    need(cfg.batch_size >= 2, f"--batch_size must be >= 2 (BatchNorm needs two samples), got {cfg.batch_size}")
-    need(cfg.lr > 0, f"--lr / --learning_rate must be > 0, got {cfg.lr}")
-    need(0.0 <= cfg.sgd_momentum < 1.0, f"--sgd_momentum must be in [0, 1), got {cfg.sgd_momentum}")
-    need(cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
-    need(0.0 < cfg.lr_decay_rate <= 1.0, f"--lr_decay_rate must be in (0, 1] (lr *= rate at each decay epoch), "
-         f"got {cfg.lr_decay_rate}")
-    need(all(e >= 1 for e in cfg.lr_decay_epochs), f"--lr_decay_epochs must be epochs >= 1 (e.g. 140,180), got "
-         f"{','.join(map(str, cfg.lr_decay_epochs))}")
-    need(8 <= cfg.width <= 1024, f"width must be in [8, 1024] (64 is torchvision's ResNet), got {cfg.width}")
-    need(0.0 <= cfg.ema < 1.0, f"teacher momentum (--momentum / ema) must be in [0, 1), got {cfg.ema}")
-    need(cfg.temp >= 1e-3 and cfg.teacher_temp >= 1e-3, f"temperatures (--temp, --temp_s, --temp_t) must be >= "
-         f"0.001 (ISD uses 0.02), got {cfg.temp} and teacher {cfg.teacher_temp}")
-    need(cfg.save_freq >= 1 and cfg.print_freq >= 1, "--save_freq and --print_freq must be >= 1")
-    need(cfg.ckpt_every_steps >= 0, f"--ckpt-every-steps must be >= 0 (0 = epoch ends only), got {cfg.ckpt_every_steps}")
-    need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
-    need(cfg.on_nonfinite in ("stop", "skip"), f"unknown --on-nonfinite '{cfg.on_nonfinite}'; choose stop or skip")
-    need(0 <= cfg.num_workers <= 256, f"--num_workers must be in [0, 256], got {cfg.num_workers}")
-    need(0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}")
-    need(cfg.eval_every >= 0, f"--eval-every must be >= 0 (0 = never), got {cfg.eval_every}")
-    need(cfg.eval_max_images >= 0, f"eval_max_images must be >= 0 (0 = all), got {cfg.eval_max_images}")
-    need(0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1 if len(cfg.crop_scale) == 2 else False,
-         f"crop_scale must be two numbers 0 < lo <= hi <= 1, got {cfg.crop_scale}")
-    need(cfg.image_size is None or 8 <= cfg.image_size <= 1024, f"image_size must be in [8, 1024], got {cfg.image_size}")
-    need(0.0 <= cfg.blur_prob <= 1.0, f"blur_prob must be in [0, 1], got {cfg.blur_prob}")
-    for name in ("holdout", "common_classes", "max_train_images"):
-        need(getattr(cfg, name) >= 0, f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
-    need(cfg.rare_per_class >= 1, f"rare_per_class must be >= 1, got {cfg.rare_per_class}")
-    need(0.0 <= cfg.max_bad_fraction <= 1.0, f"max_bad_fraction must be in [0, 1], got {cfg.max_bad_fraction}")
-    need(0 <= cfg.queue_size <= 2**24, f"--queue_size must be in [0, 2**24 = 16777216] (the paper's is 128000), "
-         f"got {cfg.queue_size}")
+        check_range(name, getattr(cfg, name), RANGES.get(name, Range()))
+    _check_choices(cfg)
     if cfg.method in ("isd", "isd-plus", "moco"):
-        need(cfg.queue_size >= cfg.batch_size and cfg.queue_size % cfg.batch_size == 0,
-             f"--queue_size {cfg.queue_size} must be a multiple of the global --batch_size {cfg.batch_size} "
-             f"(e.g. --queue_size {max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size})")
-    if cfg.dataset in ("folder", "imagenet", "imagenet100"):
-        need(bool(cfg.data), "no data folder given: pass DATA (a folder with train/ inside), or --dataset fashion-mnist")
-    need(bool(cfg.run_dir), "the run folder is empty (--run-dir / --checkpoint_path): pass a folder, e.g. runs/isd")
-    for name, flag in (("data", "DATA"), ("run_dir", "--run-dir / --checkpoint_path"),
-                       ("subset_file", "--subset-file"), ("resume", "--resume")):
+        if cfg.queue_size < cfg.batch_size or cfg.queue_size % cfg.batch_size:
+            raise SettingError("{queue_size} {queue} must be a multiple of the global {batch_size} {batch} "
+                               "(e.g. {queue_size} {fit})", queue=cfg.queue_size, batch=cfg.batch_size,
+                               fit=max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size)
+    if not (len(cfg.crop_scale) == 2 and 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1):
+        raise SettingError("{crop_scale} must be two numbers 0 < lo <= hi <= 1, got {got}", got=cfg.crop_scale)
+    _check_paths(cfg)
+
+
+def _check_choices(cfg: Config) -> None:
+    choices = {"method": METHODS, "arch": ARCHS, "dataset": DATASETS, "stem": ("auto", "imagenet", "small"),
+               "schedule": ("step", "cos"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "off"),
+               "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise SettingError("unknown %s {got!r} ({%s}); choose from {allowed}" % (name.replace("_", " "), name),
+                               got=getattr(cfg, name), allowed=", ".join(allowed))
+    parts = cfg.augmentation.split("/")
+    if not (len(parts) == 2 and all(p in AUGMENTATIONS for p in parts)):
+        raise SettingError("bad {augmentation} {got!r}: use KEY/QUERY with weak or strong, e.g. weak/strong",
+                           got=cfg.augmentation)
+
+
+def _check_paths(cfg: Config) -> None:
+    if cfg.dataset in ("folder", "imagenet", "imagenet100") and not cfg.data:
+        raise SettingError("no data folder given: pass {data} (a folder with train/ inside), or {dataset} "
+                           "fashion-mnist")
+    if not cfg.run_dir:
+        raise SettingError("the run folder is empty ({run_dir}): pass a folder, e.g. runs/isd")
+    for name in ("data", "run_dir", "subset_file", "resume"):
         problem = path_problem(getattr(cfg, name)) if getattr(cfg, name) else None
-        need(problem is None, f"{flag} {getattr(cfg, name)}: {problem}; pass a usable path")
-    if cfg.subset_file:
-        need(Path(cfg.subset_file).is_file(), f"--subset-file {cfg.subset_file} does not exist")
-    if cfg.resume and cfg.resume != "auto":
-        need(Path(cfg.resume).is_file(), f"checkpoint {cfg.resume} does not exist (--resume); pass a checkpoint "
-             f"file, or --resume auto for the newest one in the run folder")
+        if problem is not None:
+            raise SettingError("{%s} {path}: {problem}; pass a usable path" % name, path=getattr(cfg, name),
+                               problem=problem)
+    if cfg.subset_file and not Path(cfg.subset_file).is_file():
+        raise SettingError("{subset_file} {path} does not exist", path=cfg.subset_file)
+    if cfg.resume and cfg.resume != "auto" and not Path(cfg.resume).is_file():
+        raise SettingError("checkpoint {path} does not exist ({resume}); pass a checkpoint file, or {resume} auto "
+                           "for the newest one in the run folder", path=cfg.resume)
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
@@ -285,5 +333,5 @@ def save_yaml(cfg: Config, path: Path) -> None:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    known = {k: v for k, v in values.items() if k in FIELDS}
+    known = {k: v for k, v in values.items() if k in FIELDS or k in ALIASES}
     return apply_values(Config(), known, "a checkpoint")

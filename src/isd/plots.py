@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported: no display, no GUI toolkit
+
+import matplotlib.pyplot as plt  # noqa: E402
+
 
 def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-from isd.errors import UsageError
+from isd.errors import SettingError, UsageError
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,14 +47,10 @@ class Source:
         return len(self.targets)
 
     @property
-    def in_memory(self) -> bool:
-        return self.images is not None
-
-    @property
     def channels(self) -> int:
         return self.images.shape[1] if self.images is not None else 3
 
-    def take(self, indices: torch.Tensor) -> "Source":
+    def take(self, indices: torch.Tensor) -> Source:
         """The same source restricted to `indices` (in that order)."""
         picked = copy.copy(self)
         picked.targets = self.targets[indices]
@@ -83,7 +80,8 @@ def image_folder(root: Path, imagenet100: bool = False, subset_file: str | None 
         raise UsageError(f"data folder {root} has no class folders: put images in {root}/<class>/") from None
     if imagenet100:
         if len(classes) < 100:
-            raise UsageError(f"--dataset imagenet100 needs >= 100 class folders in {root}, found {len(classes)}")
+            raise SettingError("{dataset} imagenet100 needs >= 100 class folders in {root}, found {n}", root=root,
+                               n=len(classes))
         keep = np.random.RandomState(1234).permutation(len(classes))[:100]
         classes = sorted(classes[i] for i in keep)
     allowed = None
@@ -98,7 +96,8 @@ def image_folder(root: Path, imagenet100: bool = False, subset_file: str | None 
     if allowed is not None:
         samples = [(p, t) for p, t in samples if os.path.relpath(p, root) in allowed]
         if not samples:
-            raise UsageError(f"--subset-file {subset_file}: none of its image paths exist under {root}")
+            raise SettingError("{subset_file} {path}: none of its image paths exist under {root}", path=subset_file,
+                               root=root)
     return Source(name=str(root), classes=classes, targets=torch.tensor([t for _, t in samples]),
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, native_size=None, files=[p for p, _ in samples])
 
@@ -112,7 +111,8 @@ def _list_images(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, in
     whatever their size or permissions: the loader counts the unreadable ones as bad and lists them in the
     run folder.
     """
-    samples, unlistable = [], []
+    samples: list[tuple[str, int]] = []
+    unlistable: list[OSError] = []
     root_id = _folder_id(str(root))
     for name, target in sorted(class_to_idx.items()):
         top = os.path.join(root, name)
@@ -151,17 +151,19 @@ def _read_subset(path: Path, classes: list[str]) -> tuple[list[str], set[str] | 
     """Lines are class names or relative image paths (`class/file.JPEG`); returns kept classes and paths."""
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:
-        raise UsageError(f"--subset-file {path} is empty: list one class name or class/image path per line")
+        raise SettingError("{subset_file} {path} is empty: list one class name or class/image path per line",
+                           path=path)
     known = set(classes)
     if all("/" not in ln for ln in lines):
         missing = sorted(set(lines) - known)
         if missing:
-            raise UsageError(f"--subset-file {path}: unknown classes {missing[:5]}; class names are folder names")
+            raise SettingError("{subset_file} {path}: unknown classes {missing}; class names are folder names",
+                               path=path, missing=missing[:5])
         return sorted(set(lines)), None
     paths = {os.path.normpath(ln) for ln in lines}
     kept = sorted({p.split(os.sep)[0] for p in paths} & known)
     if not kept:
-        raise UsageError(f"--subset-file {path}: no line starts with a class folder of the data")
+        raise SettingError("{subset_file} {path}: no line starts with a class folder of the data", path=path)
     return kept, paths
 
 
@@ -196,8 +198,6 @@ def fashion_mnist(data: str, split: str) -> Source:
 
 
 def _download_fashion_mnist(data: str) -> Path:
-    from torchvision.datasets import FashionMNIST
-
     root = Path(data or Path.home() / ".cache" / "isd")
     try:
         FashionMNIST(str(root), train=True, download=True)
@@ -211,8 +211,6 @@ def _download_fashion_mnist(data: str) -> Path:
 
 
 def cifar(name: str, data: str, split: str) -> Source:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     root = data or str(Path.home() / ".cache" / "isd")
     try:

@@ -72,9 +72,8 @@ def training_images(source: Source, cfg) -> Source:
     """The train split as a run sees it: holdout removed, then the unbalanced subset, then the cap."""
     source = without_holdout(source, cfg)
     if cfg.common_classes:
-        picked = unbalanced_subset(source.targets, len(source.classes), cfg.common_classes,
-                                      cfg.rare_per_class, cfg.draw)
-        source = source.take(picked)
+        source = source.take(unbalanced_subset(source.targets, len(source.classes), cfg.common_classes,
+                                               cfg.rare_per_class, cfg.draw))
     picked = capped(len(source), cfg.max_train_images)
     return source if picked is None else source.take(picked)
 

@@ -1,34 +1,26 @@
-"""Backbone features for evaluation: from a live model or a checkpoint (ours, the original code's, a plain one)."""
+"""Backbone features for evaluation: of a live model or of a checkpoint's backbone, and of a bank and a query set
+at once (`encode`), which is what every kNN and probe evaluation starts from."""
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import ResNet
 
-from isd.data.loaders import eval_batches
+from isd.data.batches import batches_of
 from isd.data.sources import Source
 
 
-def backbone_forward(net: nn.Module, x: Tensor) -> Tensor:
+def backbone_forward(module: nn.Module, x: Tensor) -> Tensor:
     """A torchvision ResNet up to the pooled features, whatever head sits in its `fc`."""
+    net = cast(ResNet, module)
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
     return torch.flatten(net.avgpool(x), 1)
-
-
-def teacher_with_student_bn(teacher: nn.Module, student: nn.Module) -> nn.Module:
-    """Teacher weights with the student's BatchNorm running statistics (the original's teacher evaluation)."""
-    mixed = copy.deepcopy(teacher)
-    student_bn = {name: m for name, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    for name, m in mixed.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name in student_bn:
-            m.running_mean.copy_(student_bn[name].running_mean)
-            m.running_var.copy_(student_bn[name].running_var)
-            m.num_batches_tracked.copy_(student_bn[name].num_batches_tracked)
-    return mixed
 
 
 @torch.no_grad()
@@ -42,7 +34,7 @@ def extract_features(net: nn.Module, source: Source, size: int, device: torch.de
     if indices is not None:
         source = source.take(indices)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for images, targets in eval_batches(source, size, batch_size, device, num_workers):
+    for images, targets in batches_of(source).plain(size, batch_size, device, num_workers):
         with autocast:
             out = backbone_forward(net, images)
         feats.append(F.normalize(out.float(), dim=1))
@@ -57,3 +49,33 @@ def seeded_subset(n: int, limit: int, seed: int) -> Tensor | None:
     if not limit or limit >= n:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
+def capped_sets(bank: Source, queries: Source, limit: int, seed: int = 0) -> tuple[Source, Source]:
+    """At most `limit` images of each (0 = all): the same seeded choice for every run of a seed."""
+    bank_pick, query_pick = seeded_subset(len(bank), limit, seed), seeded_subset(len(queries), limit, seed + 1)
+    return (bank if bank_pick is None else bank.take(bank_pick),
+            queries if query_pick is None else queries.take(query_pick))
+
+
+@dataclass
+class Encoded:
+    """An encoder's features (or a floor's) of a bank and of queries, with their labels."""
+
+    bank_x: Tensor
+    bank_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+
+def encode(net: nn.Module, bank: Source, queries: Source, size: int, device: torch.device,
+           num_workers: int = 4) -> Encoded:
+    """L2-normalised backbone features of the unaugmented bank and query images."""
+    bank_x, bank_y = extract_features(net, bank, size, device, num_workers=num_workers)
+    query_x, query_y = extract_features(net, queries, size, device, num_workers=num_workers)
+    return Encoded(bank_x, bank_y, query_x, query_y)
+
+
+def raw_pixels(bank: Source, queries: Source) -> Encoded:
+    """The raw-pixel floor: each image's pixels as its features (in-memory sets only)."""
+    return Encoded(*batches_of(bank).pixels(), *batches_of(queries).pixels())

@@ -12,33 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from isd.data.batch_aug import BatchAugment
-from isd.data.decode import open_rgb
+from isd.data.batch_augment import BatchAugment
+from isd.data.batches import batches_of
 from isd.data.sources import Source
 from isd.eval.features import extract_features
+from isd.methods import ISD
 from isd.plots import pyplot
-
-
-def images_uint8(source: Source, indices: Tensor, size: int) -> Tensor:
-    """uint8 [N, C, H, W] for the chosen images: the tensor itself for in-memory sets; files are decoded,
-    their shorter side resized to `size` and centre-cropped (the views are then cut from these)."""
-    if source.images is not None:
-        return source.images[indices]
-    out = []
-    for i in indices.tolist():
-        img = open_rgb(source.files[i])
-        scale = size / min(img.size)
-        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        crop = img.crop((left, top, left + size, top + size))
-        out.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
-    return torch.stack(out)
 
 
 def display(x: Tensor, source: Source) -> Tensor:
@@ -65,7 +48,7 @@ class NeighbourRows:
 
 
 @torch.no_grad()
-def neighbour_rows(model: nn.Module, cfg, source: Source, size: int, device: torch.device, queries: int = 4,
+def neighbour_rows(model: ISD, cfg, source: Source, size: int, device: torch.device, queries: int = 4,
                    anchors: int = 4096, top: int = 5, seed: int = 0, batch: int = 512) -> NeighbourRows:
     model.eval()
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
@@ -75,17 +58,18 @@ def neighbour_rows(model: nn.Module, cfg, source: Source, size: int, device: tor
     query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
                              blur_prob=cfg.blur_prob)
     gen = torch.Generator().manual_seed(seed + 1)
+    images = batches_of(source)
     bank_views, bank = [], []
     for start in range(0, anchors, batch):
-        views = key_aug(images_uint8(source, anchor_idx[start:start + batch], size), generator=gen)
+        views = key_aug(images.uint8(anchor_idx[start:start + batch], size), generator=gen)
         bank_views.append(views)
         bank.append(model.teacher_embed(views.to(device)))
     bank_views_all, bank_all = torch.cat(bank_views), torch.cat(bank)
-    images = images_uint8(source, query_idx, size)
-    key_views, query_views = key_aug(images, generator=gen), query_aug(images, generator=gen)
+    chosen = images.uint8(query_idx, size)
+    key_views, query_views = key_aug(chosen, generator=gen), query_aug(chosen, generator=gen)
     k = model.teacher_embed(key_views.to(device))
     q = model.student_embed(query_views.to(device))
-    temp_t, temp_s = cfg.teacher_temp, cfg.temp
+    temp_t, temp_s = model.temp_teacher, model.temp_student
     p_t = F.softmax(k @ bank_all.T / temp_t, dim=1)
     p_s = F.softmax(q @ bank_all.T / temp_s, dim=1)
     best_p, best = p_t.topk(top, dim=1)
@@ -184,7 +168,7 @@ def draw_clusters(rows: ClusterRows, source: Source, size: int, path, title: str
         label = axes[r][0]
         label.axis("off")
         label.text(0.0, 0.5, f"{rows.sizes[r]} images\n{share:.0%} {source.classes[cls]}", fontsize=7, va="center")
-        views = plain(images_uint8(source, members, size))
+        views = plain(batches_of(source).uint8(members, size))
         for j in range(per_row):
             ax = axes[r][j + 1]
             if j < len(members):

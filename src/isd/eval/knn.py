@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from isd.eval.features import Encoded
+
 DEFAULT_MAX_ELEMENTS = 2**26  # similarity-matrix entries per product: 256 MiB in float32
 
 
@@ -43,13 +45,13 @@ def nearest_neighbours(
     out_idx = torch.empty(m, k, dtype=torch.long, device=train.device)
     for q0 in range(0, m, block):
         q = query[q0 : q0 + block]
-        best_s = best_i = None
+        best_s = best_i = torch.empty(0)  # the first chunk's top-k replaces them
         for t0 in range(0, n, chunk):
             t = train[t0 : t0 + chunk]
             sims = torch.mm(q, t.T, out=buffer[: len(q) * len(t)].view(len(q), len(t)))
             s, i = sims.topk(min(k, len(t)), dim=1)
             i += t0
-            if best_s is not None:
+            if t0 > 0:
                 s, j = torch.cat([best_s, s], 1).topk(k, dim=1)
                 i = torch.cat([best_i, i], 1).gather(1, j)
             best_s, best_i = s, i
@@ -148,4 +150,18 @@ def knn_evaluate(
         result["weighted"] = {"k": weighted_k, "T": temperature, "acc": acc}
     result.update(num_train=train.shape[0], num_test=test.shape[0], dim=train.shape[1],
                   search_seconds=search_seconds)
+    return result
+
+
+def knn_of(encoded: Encoded, num_classes: int, ks: tuple[int, ...] = (1, 20), weighted_k: int | None = None,
+           temperature: float = 0.07, backend: str = "torch") -> dict:
+    """`knn_evaluate` of the queries against the bank, every k clamped to the bank's size (a tiny bank: 20-NN
+    becomes all-NN); `result["at"][k]` is the top-1 accuracy for each requested k."""
+    n = len(encoded.bank_y)
+    usable = {k: min(k, n) for k in ks}
+    result = knn_evaluate(encoded.bank_x, encoded.bank_y, encoded.query_x, encoded.query_y,
+                          ks=tuple(sorted(set(usable.values()))), num_classes=num_classes,
+                          weighted_k=min(weighted_k, n) if weighted_k else None, temperature=temperature,
+                          backend=backend)
+    result["at"] = {k: result["top1"][str(usable[k])] for k in ks}
     return result

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from isd.data.splits import evaluation_sets
-from isd.errors import UsageError
-from isd.eval.features import extract_features, seeded_subset, teacher_with_student_bn
-from isd.eval.knn import knn_evaluate
+from isd.errors import SettingError, UsageError
+from isd.eval.features import capped_sets, encode
+from isd.eval.knn import knn_of
+from isd.nets.backbones import teacher_with_student_bn
 from isd.plots import pyplot
 
 
@@ -18,7 +19,7 @@ def knn_monitor(cfg, ks=(1, 20)):
     try:
         bank_set, val = evaluation_sets(cfg)  # the holdout when there is one, else the val split
     except UsageError as err:
-        raise UsageError(f"--eval-every needs a labelled val split: {err}") from None
+        raise SettingError("{eval_every} needs a labelled val split: {why}", why=err) from None
     state: dict = {"history": [], "started": time.perf_counter()}
     earlier = Path(cfg.run_dir) / "knn_history.json"
     if cfg.resume and earlier.is_file():  # a resumed run continues its curves
@@ -34,22 +35,15 @@ def knn_monitor(cfg, ks=(1, 20)):
         if setup.rank != 0:
             return None
         model = setup.model
-        train_pick = seeded_subset(len(bank_set), cfg.eval_max_images, cfg.seed)
-        val_pick = seeded_subset(len(val), cfg.eval_max_images, cfg.seed + 1)
+        bank, queries = capped_sets(bank_set, val, cfg.eval_max_images, cfg.seed)
         row: dict = {"epoch": epoch, "seconds": round(time.perf_counter() - state["started"], 1)}
         encoders = {"student": model.encoder_q}
         if hasattr(model, "encoder_k"):
             encoders["teacher"] = teacher_with_student_bn(model.encoder_k, model.encoder_q)
         for name, net in encoders.items():
-            bank, bank_y = extract_features(net, bank_set, setup.size, setup.device,
-                                            num_workers=cfg.num_workers, indices=train_pick)
-            query, query_y = extract_features(net, val, setup.size, setup.device,
-                                              num_workers=cfg.num_workers, indices=val_pick)
-            usable = {k: min(k, len(bank)) for k in ks}  # a tiny bank: 20-NN becomes all-NN
-            result = knn_evaluate(bank, bank_y, query, query_y, ks=tuple(sorted(set(usable.values()))),
-                                  num_classes=len(bank_set.classes))
-            for k in ks:
-                row[f"{name}_{k}nn"] = result["top1"][str(usable[k])]
+            encoded = encode(net, bank, queries, setup.size, setup.device, cfg.num_workers)
+            result = knn_of(encoded, len(bank_set.classes), ks)
+            row.update({f"{name}_{k}nn": acc for k, acc in result["at"].items()})
         state["history"] = [r for r in state["history"] if r["epoch"] < epoch] + [row]
         runlog.record("eval", epoch, row)
         runlog.say(f"epoch {epoch} kNN: " + "  ".join(f"{k} {v:.2f}%" for k, v in row.items() if k.endswith("nn")))
@@ -57,7 +51,7 @@ def knn_monitor(cfg, ks=(1, 20)):
         plot_curves(state["history"], Path(setup.run_dir) / "curves.png")
         return row
 
-    hook.state = state
+    hook.state = state  # type: ignore[attr-defined]  # the curves so far, for a caller that wants them
     return hook
 
 

@@ -1,14 +1,20 @@
-"""Linear probe (the paper's classifier head) and a fast trainer on cached, frozen features."""
+"""The paper's linear probe (its classifier head) and its one trainer, fed either by cached unaugmented features
+(`FeatureBatches`, seconds) or by augmented images through the frozen backbone (`ImageBatches`, the paper's
+protocol)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from isd.data.batches import batches_of
+from isd.data.sources import Source
+from isd.eval.features import backbone_forward
 
 VAR_EPS = 1e-5  # added to the variance before the square root, as in the original FullBatchNorm
 
@@ -19,6 +25,9 @@ class LinearProbe(nn.Module):
     `mean` and `std` are buffers, so they are part of the state_dict; std = sqrt(var + 1e-5) with the
     unbiased per-dimension variance of the L2-normalised train features (torch.var_mean, as the original).
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
@@ -66,9 +75,62 @@ def _single_threaded(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def train_probe_on_features(
-    train_x: Tensor,
-    train_y: Tensor,
+class FeatureBatches:
+    """Cached features, reshuffled every epoch by the trainer's generator and standardised once (the normalisation
+    is fixed). The probe's steps are tiny: on CPU they run single-threaded."""
+
+    single_threaded = True
+
+    def __init__(self, features: Tensor, labels: Tensor, batch_size: int) -> None:
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+        self.device = features.device
+
+    def prepare(self, probe: LinearProbe) -> None:
+        with torch.no_grad():
+            self.xs = probe.standardise(self.features)
+        self.ys = self.labels.to(self.device).long()
+        self.buffer = torch.empty_like(self.xs)
+
+    def epoch(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        perm = torch.randperm(len(self.xs), generator=generator).to(self.device)
+        # one gather per epoch into a reused buffer, then contiguous slices: far cheaper than per-batch indexing
+        torch.index_select(self.xs, 0, perm, out=self.buffer)
+        ys = self.ys[perm]
+        for start in range(0, len(self.xs), self.batch_size):
+            yield self.buffer[start:start + self.batch_size], ys[start:start + self.batch_size]
+
+
+class ImageBatches:
+    """The paper's protocol: augmented train images (RandomResizedCrop + flip) through the frozen backbone in eval
+    mode; the views depend on (seed, epoch) only."""
+
+    single_threaded = False
+
+    def __init__(self, net: nn.Module, source: Source, size: int, batch_size: int, device: torch.device,
+                 num_workers: int = 4, seed: int = 0) -> None:
+        self.net = net.eval().to(device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.images, self.size, self.batch_size = batches_of(source), size, batch_size
+        self.device, self.num_workers, self.seed = device, num_workers, seed
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def prepare(self, probe: LinearProbe) -> None:
+        self.probe = probe
+
+    def epoch(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self.images.augmented(self.size, self.batch_size, self.device, self.num_workers,
+                                                    self.seed, epoch):
+            with torch.no_grad(), self.autocast:
+                feats = backbone_forward(self.net, images)
+            with torch.no_grad():  # ended before the yield: the trainer's step needs gradients
+                standardised = self.probe.standardise(feats.float())
+            yield standardised, labels
+
+
+def train_probe(
+    batches: FeatureBatches | ImageBatches,
+    stats_features: Tensor,
     val_x: Tensor,
     val_y: Tensor,
     num_classes: int,
@@ -76,59 +138,55 @@ def train_probe_on_features(
     lr: float = 0.01,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
-    batch_size: int = 256,
     milestones: tuple[int, ...] = (15, 30, 40),
     seed: int = 0,
-    progress: bool = False,
-    eval_batch: int = 16384,
+    log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    eval_batch: int = 16384,
 ) -> dict:
-    """Train a LinearProbe on cached features with the paper's recipe; keep the best val top-1 state.
+    """Train a LinearProbe with the paper's recipe on `batches`; keep the best val top-1 state.
 
-    SGD(lr, momentum, weight_decay) on the linear layer, MultiStepLR(gamma 0.1) stepped after each epoch,
-    shuffled mini-batches (last one partial) from a seeded generator. Epochs in the result are 1-based.
-    Returns {"best_top1", "best_top5", "best_epoch", "history", "state_dict"} (state_dict on CPU) and "final":
-    the last epoch's top-1, top-5 and val predictions (a number chosen without looking at the val set).
+    The standardisation uses `stats_features` (unaugmented train features, as the original). SGD(lr, momentum,
+    weight_decay) on the linear layer, MultiStepLR(gamma 0.1) stepped after each epoch; the probe's init and the
+    feature batches' order come from one generator seeded by `seed`. Epochs in the result are 1-based. Returns
+    {"best_top1", "best_top5", "best_epoch", "history", "state_dict"} (state_dict on CPU) and "final": the last
+    epoch's top-1, top-5 and val predictions (a number chosen without looking at the val set).
     """
-    device = train_x.device
+    device = batches.device
     generator = torch.Generator().manual_seed(seed)
-    probe = LinearProbe(train_x.shape[1], num_classes)
+    probe = LinearProbe(stats_features.shape[1], num_classes)
     _init_linear(probe.linear, generator)
-    probe.to(device).set_statistics(train_x)
-    with torch.no_grad():  # the normalisation is fixed, so apply it once instead of every step
-        xs, vs = probe.standardise(train_x), probe.standardise(val_x.to(device))
-    ys, vy = train_y.to(device).long(), val_y.to(device).long()
-
+    probe.to(device).set_statistics(stats_features.to(device))
+    batches.prepare(probe)
+    with torch.no_grad():
+        vs = probe.standardise(val_x.to(device))
+    vy = val_y.to(device).long()
     optimizer = torch.optim.SGD(probe.linear.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=0.1)
     history: list[dict] = []
     best: dict = {"best_top1": -1.0}
-    n = len(xs)
-    xs_epoch = torch.empty_like(xs)
     for epoch in range(1, epochs + 1):
         probe.train()
-        perm = torch.randperm(n, generator=generator).to(device)
-        # One gather per epoch into a reused buffer, then contiguous slices: far cheaper than per-batch indexing.
-        torch.index_select(xs, 0, perm, out=xs_epoch)
-        ys_epoch = ys[perm]
-        total_loss = torch.zeros((), device=device)
-        with _single_threaded(device):
-            for start in range(0, n, batch_size):
-                xb, yb = xs_epoch[start : start + batch_size], ys_epoch[start : start + batch_size]
+        total, seen = torch.zeros((), device=device), 0
+        with _single_threaded(device) if batches.single_threaded else nullcontext():
+            for xb, yb in batches.epoch(epoch, generator):
                 loss = F.cross_entropy(probe.linear(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total_loss += loss.detach() * len(yb)
+                total += loss.detach() * len(yb)
+                seen += len(yb)
+        lr_now = optimizer.param_groups[0]["lr"]
         scheduler.step()
-
         probe.eval()
         with torch.no_grad():
             logits = torch.cat([probe.linear(vs[i : i + eval_batch]) for i in range(0, len(vs), eval_batch)])
         acc = topk_accuracy(logits, vy, (1, 5))
-        history.append({"epoch": epoch, "loss": total_loss.item() / n, "top1": acc[1], "top5": acc[5]})
-        if progress:
-            print(f"epoch {epoch}/{epochs} loss {history[-1]['loss']:.4f} top1 {acc[1]:.2f} top5 {acc[5]:.2f}")
+        history.append({"epoch": epoch, "lr": lr_now, "loss": total.item() / max(seen, 1), "top1": acc[1],
+                        "top5": acc[5]})
+        if log is not None:
+            log(f"epoch {epoch}/{epochs}  lr {lr_now:.4g}  loss {history[-1]['loss']:.4f}  "
+                f"top-1 {acc[1]:.2f}  top-5 {acc[5]:.2f}")
         if on_epoch is not None:
             on_epoch(history[-1])
         if acc[1] > best["best_top1"]:

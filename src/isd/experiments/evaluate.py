@@ -4,57 +4,33 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch import Tensor, nn
-
-from isd.data.sources import Source
-from isd.eval.features import extract_features, seeded_subset
-from isd.eval.knn import per_class_accuracy, knn_evaluate
-from isd.eval.probe import train_probe_on_features
+from isd.eval.features import Encoded
+from isd.eval.knn import knn_of, per_class_accuracy
+from isd.eval.probe import FeatureBatches, train_probe
 
 WEIGHTED_K, WEIGHTED_T = 200, 0.07
 PROBE_EPOCHS = 40  # the paper's probe recipe (lr 0.01, steps at 15/30/40), on cached unaugmented features
+PROBE_BATCH = 256
 
 
-def capped_sets(bank: Source, queries: Source, limit: int, seed: int = 0) -> tuple[Source, Source]:
-    """At most `limit` images of each (0 = all), the same seeded choice for every cell."""
-    picks = seeded_subset(len(bank), limit, seed), seeded_subset(len(queries), limit, seed + 1)
-    return tuple(s if p is None else s.take(p) for s, p in zip((bank, queries), picks))  # type: ignore[return-value]
-
-
-def pixel_features(source: Source) -> tuple[Tensor, Tensor]:
-    if source.images is None:
-        raise ValueError("the raw-pixels floor needs an in-memory set (images of one size)")
-    return source.images.flatten(1).float() / 255.0, source.targets
-
-
-def encoder_features(net: nn.Module, bank: Source, queries: Source, size: int, device: torch.device,
-                     num_workers: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    bank_x, bank_y = extract_features(net, bank, size, device, num_workers=num_workers)
-    query_x, query_y = extract_features(net, queries, size, device, num_workers=num_workers)
-    return bank_x, bank_y, query_x, query_y
-
-
-def metrics(bank_x: Tensor, bank_y: Tensor, query_x: Tensor, query_y: Tensor, num_classes: int,
-            seed: int = 0) -> dict:
+def metrics(encoded: Encoded, num_classes: int, seed: int = 0) -> dict:
     """1-NN, 20-NN, weighted kNN and the linear probe (last epoch, and best epoch as the original reports),
     with per-class accuracies; every accuracy in %."""
     start = time.perf_counter()
-    device = bank_x.device
-    query_x, query_y, bank_y = query_x.to(device), query_y.to(device), bank_y.to(device)
-    n = len(bank_y)
-    ks = tuple(sorted({min(1, n), min(20, n)}))
-    knn = knn_evaluate(bank_x, bank_y, query_x, query_y, ks=ks, num_classes=num_classes,
-                       weighted_k=min(WEIGHTED_K, n), temperature=WEIGHTED_T)
-    probe = train_probe_on_features(bank_x, bank_y, query_x, query_y, num_classes, epochs=PROBE_EPOCHS, seed=seed)
-    probe_correct = probe["final"]["predictions"] == query_y.cpu()
+    device = encoded.bank_x.device
+    enc = Encoded(encoded.bank_x, encoded.bank_y.to(device), encoded.query_x.to(device), encoded.query_y.to(device))
+    n = len(enc.bank_y)
+    knn = knn_of(enc, num_classes, ks=(1, 20), weighted_k=WEIGHTED_K, temperature=WEIGHTED_T)
+    probe = train_probe(FeatureBatches(enc.bank_x, enc.bank_y, PROBE_BATCH), enc.bank_x, enc.query_x, enc.query_y,
+                        num_classes, epochs=PROBE_EPOCHS, seed=seed)
+    probe_correct = probe["final"]["predictions"] == enc.query_y.cpu()
     return {
-        "knn1": knn["top1"][str(ks[0])], "knn20": knn["top1"][str(ks[-1])], "knn_weighted": knn["weighted"]["acc"],
+        "knn1": knn["at"][1], "knn20": knn["at"][20], "knn_weighted": knn["weighted"]["acc"],
         "linear": probe["final"]["top1"], "linear_top5": probe["final"]["top5"],
         "linear_best": probe["best_top1"], "linear_best_epoch": probe["best_epoch"],
-        "per_class": {"knn1": knn["per_class"][str(ks[0])], "knn20": knn["per_class"][str(ks[-1])],
-                      "linear": per_class_accuracy(probe_correct, query_y.cpu(), num_classes)},
-        "sizes": {"bank": n, "queries": len(query_y), "dim": bank_x.shape[1]},
+        "per_class": {"knn1": knn["per_class"][str(min(1, n))], "knn20": knn["per_class"][str(min(20, n))],
+                      "linear": per_class_accuracy(probe_correct, enc.query_y.cpu(), num_classes)},
+        "sizes": {"bank": n, "queries": len(enc.query_y), "dim": enc.bank_x.shape[1]},
         "protocol": {"weighted_k": min(WEIGHTED_K, n), "weighted_T": WEIGHTED_T, "probe_epochs": PROBE_EPOCHS,
                      "probe": "L2-normalise, standardise, Linear; SGD lr 0.01, steps at 15/30/40, "
                               "on unaugmented features"},

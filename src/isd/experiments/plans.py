@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from isd.config import Config, build_config
-from isd.errors import UsageError
+from isd.errors import SettingError, UsageError
 
 FLOORS = ("raw-pixels", "random-init")
 BUDGETS = ("smoke", "cpu", "gpu", "full")
@@ -75,8 +75,8 @@ class Plan:
 
     def budget(self, name: str) -> dict[str, Any]:
         if name not in self.budgets:
-            raise UsageError(f"plan '{self.name}' has no budget '{name}' (--budget); it has: "
-                             f"{', '.join(self.budgets)}")
+            raise SettingError("plan {plan_name!r} has no budget {name!r} ({budget}); it has: {names}",
+                               plan_name=self.name, name=name, names=", ".join(self.budgets))
         return self.budgets[name]
 
     def cells(self, budget: str) -> list[Cell]:
@@ -109,8 +109,8 @@ def load_plan(name_or_path: str) -> Plan:
     elif path.suffix in (".yaml", ".yml") and path.is_file():
         text, name = path.read_text(), path.stem
     else:
-        raise UsageError(f"unknown plan '{name_or_path}' (PLAN): use one of {', '.join(plan_names())} or a "
-                         f"path to a plan .yaml file")
+        raise SettingError("unknown plan {name!r} ({plan}): use one of {names} or a path to a plan .yaml file",
+                           name=name_or_path, names=", ".join(plan_names()))
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -161,13 +161,13 @@ def select(cells: list[Cell], only: str | None = None, shard: str | None = None)
         for part in only.split(","):
             key, sep, value = part.partition("=")
             if not sep or key.strip() not in ("method", "seed", "draw", "name"):
-                raise UsageError(f"--only {only}: expected KEY=VALUE pairs with keys method, seed, draw, name "
-                                 f"(e.g. --only method=isd,seed=1)")
+                raise SettingError("{only} {given}: expected KEY=VALUE pairs with keys method, seed, draw, name (e.g. "
+                                   "{only} method=isd,seed=1)", given=only)
             wanted.setdefault(key.strip(), set()).add(value.strip())
         cells = [c for c in cells if all(c.labels()[k] in v for k, v in wanted.items())]
     if shard:
         index, sep, count = shard.partition("/")
         if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-            raise UsageError(f"--shard {shard}: expected I/N with 1 <= I <= N (e.g. --shard 2/5)")
+            raise SettingError("{shard} {given}: expected I/N with 1 <= I <= N (e.g. {shard} 2/5)", given=shard)
         cells = cells[int(index) - 1::int(count)]
     return cells

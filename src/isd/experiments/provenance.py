@@ -63,4 +63,5 @@ def provenance(device: torch.device) -> dict[str, object]:
     return {**code_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "device": device_name(device),
             "command": command_line(),
-            "host": platform.node(), "concurrent_cells": int(os.environ.get("ISD_CONCURRENT_CELLS", "1")), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "host": platform.node(), "concurrent_cells": int(os.environ.get("ISD_CONCURRENT_CELLS", "1")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -7,6 +7,7 @@ section can be checked against what this module makes of the committed files.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -126,9 +127,8 @@ def unbalanced_table(rows: list[dict], baseline: str = "moco") -> str:
         for m in others:
             a, b = by_key.get((draw, m)), by_key.get((draw, baseline))
             for tag in ("all", "rare"):
-                if a and b:
-                    va = a["metrics"]["knn1"] if tag == "all" else rare_accuracy(a)
-                    vb = b["metrics"]["knn1"] if tag == "all" else rare_accuracy(b)
+                va, vb = ((r["metrics"]["knn1"] if tag == "all" else rare_accuracy(r)) if r else None for r in (a, b))
+                if va is not None and vb is not None:
                     cells.append(f"{va - vb:+.2f}")
                     totals[f"{m}-{baseline} {tag}"].append(va - vb)
                 else:
@@ -298,18 +298,20 @@ def rare_chart(rows: list[dict], path: Path) -> Path:
 BEGIN, END = "<!-- begin: isd report", "<!-- end: isd report -->"
 
 
-def report(folders: list[str], write: bool = True) -> str:
-    """The markdown for these folders; with `write`, also the charts and a report.md in each group's folder."""
+def report(folders: list[str], write: bool = True, link_from: Path | None = None) -> str:
+    """The markdown for these folders; with `write`, also the charts and a report.md in each group's folder.
+    Chart links are relative to `link_from` (the folder of the file they go in), else to the working folder."""
     results = load_results(folders)
-    chart_dirs = {}
+    chart_dirs, links = {}, {}
     for key, rows in groups(results).items():
         folder = Path(common_parent([r["_dir"] for r in rows]))
-        chart_dirs[key] = folder.as_posix()
+        chart_dirs[key] = folder
+        links[key] = Path(os.path.relpath(folder, link_from)).as_posix() if link_from else folder.as_posix()
         if write:
             write_charts(rows, folder)
-    text = markdown(results, chart_dirs)
+    text = markdown(results, links)
     if write:
-        for folder in {Path(d) for d in chart_dirs.values()}:
+        for folder in set(chart_dirs.values()):
             mine = [r for r in results if Path(r["_dir"]).parent == folder or Path(r["_dir"]) == folder]
             (folder / "report.md").write_text(markdown(mine, {k: "." for k in chart_dirs}))
     return text
@@ -339,10 +341,11 @@ def readme_blocks(text: str) -> list[tuple[list[str], str]]:
 
 
 def update_readme(path: Path) -> int:
-    """Regenerate every generated block of the file in place; returns how many there are."""
+    """Regenerate every generated block of the file (the README, docs/results.md) in place, chart links relative
+    to the file; returns how many blocks there are."""
     text = path.read_text()
     spans = _block_spans(text)
     for folders, a, b in reversed(spans):  # from the end, so earlier offsets stay valid
-        text = text[:a] + report(folders, write=False) + text[b:]
+        text = text[:a] + report(folders, write=False, link_from=path.parent) + text[b:]
     path.write_text(text)
     return len(spans)

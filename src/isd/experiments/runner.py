@@ -11,21 +11,22 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
 
 from isd.data.splits import common_class_ids, evaluation_sets
 from isd.errors import UsageError
+from isd.eval.features import Encoded, capped_sets, encode, raw_pixels
 from isd.eval.monitor import knn_monitor
-from isd.experiments.evaluate import capped_sets, encoder_features, metrics, pixel_features
+from isd.experiments.evaluate import metrics
 from isd.experiments.plans import Cell, Plan
 from isd.experiments.provenance import provenance
 from isd.methods import build_method
-from isd.train.checkpoint import write_atomic
-from isd.train.loop import image_size_and_stem, resolve_device, train
+from isd.runtime import resolve_device, write_atomic
+from isd.train.loop import image_size_and_stem, train
 
 RESULT = "result.json"
 CLAIM = ".claim"
@@ -115,9 +116,9 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     bank, queries = capped_sets(*evaluation_sets(cfg, plan.queries), cfg.eval_max_images)
     device = resolve_device(cfg.device)
     train_info: dict = {}
+    encoded: Encoded
     if cell.floor == "raw-pixels":
-        bank_x, bank_y = pixel_features(bank)
-        query_x, query_y = pixel_features(queries)
+        encoded = raw_pixels(bank, queries)
     else:
         size, stem = image_size_and_stem(cfg, bank)
         if cell.floor == "random-init":
@@ -132,8 +133,9 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
             setup = train(cfg, log=lambda m: say(f"{cell.name}: {m}"), on_epoch_end=hook)
             net = setup.model.encoder_q
             train_info = training_summary(run_dir, cfg, len(setup.source), time.perf_counter() - started)
-        bank_x, bank_y, query_x, query_y = encoder_features(net, bank, queries, size, device, cfg.num_workers)
-    scores = metrics(bank_x.to(device), bank_y, query_x, query_y, len(bank.classes), seed=cfg.seed)
+        encoded = encode(net, bank, queries, size, device, cfg.num_workers)
+    encoded.bank_x = encoded.bank_x.to(device)  # metrics run where the bank is
+    scores = metrics(encoded, len(bank.classes), seed=cfg.seed)
     common = common_class_ids(len(bank.classes), cfg.common_classes, cfg.draw) if cfg.common_classes else []
     result = {
         "plan": plan.name, "budget": cell.budget, "budget_about": plan.budget(cell.budget).get("about", ""),

@@ -1,4 +1,5 @@
-"""Asymmetric BYOL: regress the teacher's embedding of one view from the student's of the other (docs/faithfulness.md)."""
+"""Asymmetric BYOL: regress the teacher's embedding of one view from the student's of the other
+(docs/faithfulness.md)."""
 
 from __future__ import annotations
 

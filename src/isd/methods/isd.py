@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isd.methods.momentum import MemoryQueue, MomentumMethod, purity
+from isd.methods.momentum import QueuedMethod, purity
 from isd.nets.heads import isd_predictor, mlp
 
 
@@ -16,26 +16,24 @@ def isd_loss(q: Tensor, k: Tensor, queue: Tensor, temp_s: float, temp_t: float) 
     return F.kl_div(F.log_softmax(s_q, dim=1), F.softmax(s_k, dim=1), reduction="batchmean")
 
 
-class ISD(MomentumMethod):
-    """ResNet-18 recipe: no projection, predictor d -> d -> d, one temperature."""
+class ISD(QueuedMethod):
+    """ResNet-18 recipe: no projection, predictor d -> d -> d, one temperature (`temp_teacher` unset)."""
 
-    uses_queue = True
     queue_init_dim = 0  # train_isd.py normalises its random initial queue along dim 0 (a quirk we reproduce)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
         super().__init__(backbone, feat_dim, cfg)
-        self.temp_s, self.temp_t = cfg.temp, cfg.teacher_temp
-        self.queue = MemoryQueue(cfg.queue_size, self.embed_dim(feat_dim), init_dim=self.queue_init_dim)
+        self.temp_student = cfg.temp_student
+        self.temp_teacher = cfg.temp_student if cfg.temp_teacher is None else cfg.temp_teacher
 
-    def embed_dim(self, feat_dim: int) -> int:
+    def queue_dim(self, feat_dim: int) -> int:
         return feat_dim
 
     def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
         return isd_predictor(feat_dim)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        # the queue as it was before this step's keys: they are enqueued by commit(), after backward
-        loss = isd_loss(q, k, self.queue.queue, self.temp_s, self.temp_t)
+        loss = isd_loss(q, k, self.queue.queue, self.temp_student, self.temp_teacher)
         stats = {} if labels is None else {"purity": purity(k, self.queue, labels)}
         return loss, stats
 
@@ -45,7 +43,7 @@ class ISDPlus(ISD):
 
     queue_init_dim = 1  # train_isd_plus.py starts from unit rows
 
-    def embed_dim(self, feat_dim: int) -> int:
+    def queue_dim(self, feat_dim: int) -> int:
         return feat_dim // 4
 
     def build_projection(self, feat_dim: int, cfg) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isd.methods.momentum import MemoryQueue, MomentumMethod, purity
+from isd.methods.momentum import QueuedMethod, purity
 from isd.nets.heads import moco_projection
 
 MOCO_DIM = 128
@@ -19,18 +19,18 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temp: float) -> Tensor:
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-class MoCo(MomentumMethod):
-    uses_queue = True
-
+class MoCo(QueuedMethod):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
         super().__init__(backbone, feat_dim, cfg)
-        self.temp = cfg.temp
-        self.queue = MemoryQueue(cfg.queue_size, MOCO_DIM)
+        self.temp_infonce = cfg.temp_infonce
+
+    def queue_dim(self, feat_dim: int) -> int:
+        return MOCO_DIM
 
     def build_projection(self, feat_dim: int, cfg) -> nn.Module:
         return moco_projection(feat_dim, MOCO_DIM)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = moco_loss(q, k, self.queue.queue, self.temp)
+        loss = moco_loss(q, k, self.queue.queue, self.temp_infonce)
         stats = {} if labels is None else {"purity": purity(k, self.queue, labels)}
         return loss, stats

@@ -2,7 +2,7 @@
 
 Attribute names follow the original code so checkpoints keep its keys: `encoder_q` (student
 backbone with its projection as `fc`), `encoder_k` (teacher), `predict_q` (student predictor),
-`queue`. A method subclass builds the heads and writes `loss()`; nothing else.
+`queue`. A method subclass builds the heads, declares its queue (if any) and writes `loss()`; nothing else.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from isd.methods.base import AfterStep, Method, Step
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -40,6 +42,10 @@ def all_gather_cat(x: Tensor) -> Tensor:
 class MemoryQueue(nn.Module):
     """Ring buffer of K teacher embeddings (+ their labels, for the purity diagnostic only)."""
 
+    queue: Tensor
+    labels: Tensor
+    ptr: Tensor
+
     def __init__(self, size: int, dim: int, init_dim: int = 1) -> None:
         super().__init__()
         # `init_dim` = 0 reproduces train_isd.py's normalisation of the random init along the wrong axis
@@ -66,8 +72,15 @@ class MemoryQueue(nn.Module):
         self.ptr.fill_(self._cursor)
 
 
-class MomentumMethod(nn.Module):
-    uses_queue = False
+class MomentumMethod(Method):
+    """A student, its EMA teacher and the loss between them; the queue, where there is one, is `QueuedMethod`'s.
+
+    The teacher moves after the optimizer step (`AfterStep.update_teacher`), with the student just stepped. The
+    original moves it at the top of each forward instead: the same update, one step later in the code, so its
+    first step sees the teacher updated once from its own copy, and its checkpoints hold a teacher that still
+    owes the update of their last step. `catch_up_teacher()` is that update: the loop makes it before the first
+    step of a new run and after loading such a checkpoint, and every loss stays the original's to the bit.
+    """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
         super().__init__()
@@ -79,7 +92,6 @@ class MomentumMethod(nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self._pairs: tuple[list[Tensor], list[Tensor]] | None = None
-        self._pending: tuple[Tensor, Tensor | None] | None = None  # this step's keys, enqueued by commit()
 
     # --- what a method may override -------------------------------------------------------------
     def build_projection(self, feat_dim: int, cfg) -> nn.Module:
@@ -125,29 +137,48 @@ class MomentumMethod(nn.Module):
     def student_embed(self, x: Tensor) -> Tensor:
         return F.normalize(at_least_fp32(self.predict_q(self.encoder_q(x))), dim=1)
 
-    def forward(self, key_view: Tensor, query_view: Tensor,
-                labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss against the queue as it was before this step; its keys wait for commit()."""
-        self.commit()  # a caller that never commits still gets every step's keys enqueued, one step late
+    def forward(self, key_view: Tensor, query_view: Tensor, labels: Tensor | None = None) -> Step:
         q = self.student_embed(query_view)
-        self.update_teacher()
         k = self.teacher_embed(key_view)
         with torch.autocast(device_type=q.device.type, enabled=False):
             loss, stats = self.loss(q, k, labels)
-        if self.uses_queue:
-            self._pending = (all_gather_cat(k), None if labels is None else all_gather_cat(labels))
-        return loss, stats
+        return Step(loss, stats, self.after(k, labels))
 
-    def commit(self) -> None:
-        """Enqueue the last forward's keys. Called after backward, so autograd never sees the queue change
-        under it and the queue needs no copy per step."""
-        if self._pending is not None:
-            self.queue.push(*self._pending)
-            self._pending = None
+    def after(self, k: Tensor, labels: Tensor | None) -> AfterStep:
+        return AfterStep(update_teacher=True)
 
-    def discard(self) -> None:
-        """Drop the last forward's keys (a skipped step)."""
-        self._pending = None
+    def apply_step(self, after: AfterStep) -> None:
+        if after.update_teacher:
+            self.update_teacher()
+
+    def catch_up_teacher(self) -> None:
+        self.update_teacher()
+
+
+class QueuedMethod(MomentumMethod):
+    """A momentum method that compares with a memory queue of the teacher's past keys. It declares the queue's
+    width (`queue_dim`) and its random start (`queue_init_dim`); the size is `queue_size`. The loss sees the
+    queue as it was before this step: the step's keys are enqueued after the optimizer step, so autograd never
+    sees the queue change under it and the queue needs no copy per step."""
+
+    queue_init_dim = 1
+    queue: MemoryQueue
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
+        super().__init__(backbone, feat_dim, cfg)
+        self.queue = MemoryQueue(cfg.queue_size, self.queue_dim(feat_dim), init_dim=self.queue_init_dim)
+
+    def queue_dim(self, feat_dim: int) -> int:
+        raise NotImplementedError
+
+    def after(self, k: Tensor, labels: Tensor | None) -> AfterStep:
+        return AfterStep(update_teacher=True, keys=all_gather_cat(k),
+                         labels=None if labels is None else all_gather_cat(labels))
+
+    def apply_step(self, after: AfterStep) -> None:
+        if after.keys is not None:
+            self.queue.push(after.keys, after.labels)
+        super().apply_step(after)
 
 
 def purity(k: Tensor, queue: MemoryQueue, labels: Tensor, top: int = 5) -> Tensor:

@@ -1,7 +1,8 @@
 """The supervised ceiling: the same backbone and augmentation, cross-entropy on the labels.
 
 It keeps the self-supervised methods' interface (and their `encoder_q` key, so every evaluation and export
-reads it like theirs) but has no teacher and no queue: it trains on the query (student) view alone.
+reads it like theirs) but has no teacher and no queue: it trains on the query (student) view alone, and its
+step leaves nothing for after the optimizer step.
 """
 
 from __future__ import annotations
@@ -9,27 +10,19 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isd.methods.base import AfterStep, Method, Step
 from isd.methods.momentum import at_least_fp32
 
 
-class Supervised(nn.Module):
-    uses_queue = False
-
+class Supervised(Method):
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg, num_classes: int) -> None:
         super().__init__()
         self.encoder_q = backbone
         self.encoder_q.fc = nn.Linear(feat_dim, num_classes)
 
-    def forward(self, key_view: Tensor, query_view: Tensor,
-                labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, key_view: Tensor, query_view: Tensor, labels: Tensor | None = None) -> Step:
         if labels is None:
             raise ValueError("the supervised baseline needs labels")
         logits = at_least_fp32(self.encoder_q(query_view))
         loss = F.cross_entropy(logits, labels)
-        return loss, {"train_acc": (logits.argmax(dim=1) == labels).float().mean()}
-
-    def commit(self) -> None:
-        """Nothing waits for the optimizer step: no teacher, no queue."""
-
-    def discard(self) -> None:
-        """Nothing to drop for a skipped step."""
+        return Step(loss, {"train_acc": (logits.argmax(dim=1) == labels).float().mean()}, AfterStep())

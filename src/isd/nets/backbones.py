@@ -6,6 +6,8 @@ backbone's state_dict loads into `torchvision.models.resnetXX()` unchanged.
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -49,3 +51,14 @@ def _rebuild_stages(net: ResNet, block: type, width: int) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def teacher_with_student_bn(teacher: nn.Module, student: nn.Module) -> nn.Module:
+    """Teacher weights with the student's BatchNorm running statistics (the original's teacher evaluation)."""
+    mixed = copy.deepcopy(teacher)
+    student_bn = {name: m for name, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    for name, m in mixed.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name in student_bn:
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(m, buffer).copy_(getattr(student_bn[name], buffer))
+    return mixed

@@ -6,22 +6,21 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from isd.checkpoint_reader import failure_reason, our_layout, raw_model_state
+from isd import checkpoint as ck
 from isd.config import Config, save_yaml
-from isd.data.loaders import build_loader
+from isd.data.batches import batches_of
 from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
-from isd.errors import Preempted, UsageError
-from isd.methods import build_method
-from isd.train import checkpoint as ck
+from isd.errors import Preempted, SettingError
+from isd.methods import Method, build_method
+from isd.runtime import init_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
 from isd.train.runlog import RunLog
@@ -38,30 +37,10 @@ class Setup:
     run_dir: Path
     source: Source
     size: int
-    model: torch.nn.Module
+    model: Method
     optimizer: torch.optim.Optimizer
     start_epoch: int = 1
     start_step: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda -> the device of this process (its LOCAL_RANK's GPU under torchrun)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu (or auto)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    torch.cuda.set_device(local)
-    return torch.device("cuda", local)
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Joins the process group when started by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def prepare_run_dir(path: str) -> Path:
@@ -72,8 +51,8 @@ def prepare_run_dir(path: str) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UsageError(f"run folder {run_dir} is not writable ({err.strerror}); pass a writable "
-                         f"--checkpoint_path / --run-dir") from None
+        raise SettingError("run folder {path} is not writable ({why}); pass a writable {run_dir}", path=run_dir,
+                           why=err.strerror) from None
     return run_dir
 
 
@@ -87,12 +66,14 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     if cfg.batch_size % world:
-        raise UsageError(f"--batch_size {cfg.batch_size} (global) must be divisible by the {world} processes")
+        raise SettingError("{batch_size} {batch} (global) must be divisible by the {world} processes",
+                           batch=cfg.batch_size, world=world)
     run_dir = prepare_run_dir(cfg.run_dir)
     source = training_images(load_source(cfg.dataset, cfg.data, "train", cfg.subset_file), cfg)
     if len(source) < cfg.batch_size:
-        raise UsageError(f"--batch_size {cfg.batch_size} is larger than the dataset ({len(source)} images in "
-                         f"{source.name}); use --batch_size {max(2, len(source) // 2)} or more data")
+        raise SettingError("{batch_size} {batch} is larger than the dataset ({n} images in {name}); use {batch_size} "
+                           "{fit} or more data", batch=cfg.batch_size, n=len(source), name=source.name,
+                           fit=max(2, len(source) // 2))
     size, stem = image_size_and_stem(cfg, source)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -101,15 +82,16 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if device.type == "cpu" and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
-            raise UsageError("sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
-                             "leave it off for CPU runs")
+            raise SettingError("{sync_bn}=true needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
+                               "leave it off for CPU runs")
     model = model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
-    resume(setup, log, trust_code)
+    if not resume(setup, log, trust_code):
+        model.catch_up_teacher()  # the teacher update the original makes before its first (or resumed) step
     return setup
 
 
@@ -121,43 +103,46 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
 
 
-def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> None:
+def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> bool:
     """Continue from `--resume`: a checkpoint of ours or of the original scripts (their keys are mapped onto
-    ours; their queue, pointer and optimizer state are restored as the original's own --resume did)."""
+    ours; their queue, pointer and optimizer state are restored as the original's own --resume did). True when
+    the loaded teacher is up to date (our current format), False when it owes an update (or nothing was loaded)."""
     cfg = setup.cfg
     if not cfg.resume:
-        return
+        return False
     if cfg.resume == "auto":
         found = ck.load_latest(setup.run_dir, warn=log, steps_per_epoch=len(setup.source) // cfg.batch_size,
                                trust_code=trust_code)
         if found is None:
-            log(f"--resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
-            return
+            log(f"resume auto: no checkpoint in {setup.run_dir} yet, starting from scratch")
+            return False
         path, state = found
     else:
-        path, state = Path(cfg.resume), ck.load_checkpoint(cfg.resume, trust_code)
+        path, state = Path(cfg.resume), ck.read_for_resume(cfg.resume, trust_code)
     ck.check_compatible(state, cfg, path)
     if "optimizer" not in state or "epoch" not in state:
-        raise UsageError(f"checkpoint {path} has no optimizer state: it is not a training checkpoint of `isd train` "
-                         f"(evaluate it with `isd knn` / `isd linear`, or start a new run without --resume)")
+        raise SettingError("checkpoint {path} has no optimizer state: it is not a training checkpoint of `isd train` "
+                           "(evaluate it with `isd knn` / `isd linear`, or start a new run without {resume})",
+                           path=path)
     try:
-        setup.model.load_state_dict(our_layout(raw_model_state(state)))
+        setup.model.load_state_dict(ck.our_layout(ck.raw_model_state(state)))
     except (RuntimeError, AttributeError) as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         first = first if len(first) <= 300 else first[:300] + "..."
-        raise UsageError(f"checkpoint {path} does not fit this model ({first}); check --arch, --queue_size "
-                         f"and the method's heads") from None
+        raise SettingError("checkpoint {path} does not fit this model ({first}); check {arch}, {queue_size} and "
+                           "the method's heads", path=path, first=first) from None
     try:
         setup.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"checkpoint {path}: its optimizer state does not fit this model's parameters "
-                         f"({failure_reason(err)}); check --method and --arch") from None
+        raise SettingError("checkpoint {path}: its optimizer state does not fit this model's parameters ({why}); "
+                           "check {method} and {arch}", path=path, why=ck.failure_reason(err)) from None
     if "rng" in state:
         ck.restore_rng(state["rng"])
     steps_done = int(state.get("step_in_epoch", 0))
     setup.start_epoch = int(state["epoch"]) + (0 if steps_done else 1)
     setup.start_step = steps_done
     log(f"resumed from {path}: epoch {state['epoch']}" + (f", step {steps_done}" if steps_done else ""))
+    return ck.teacher_is_current(state)
 
 
 def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
@@ -169,8 +154,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
     if main_process:
         save_yaml(cfg, setup.run_dir / "config.yaml")
     runlog = RunLog(setup.run_dir, enabled=main_process, console=log)
-    loader = build_loader(setup.source, cfg, setup.size, setup.device, setup.rank, setup.world)
-    net = model
+    loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device, setup.rank, setup.world)
+    net: torch.nn.Module = model  # what the steps call: the model, or its DDP wrapper
     if setup.world > 1:
         # queue and teacher are kept identical by all-gathers; broadcasting buffers would copy the queue each step
         with warnings.catch_warnings():
@@ -259,22 +244,21 @@ class EpochRunner:
         query = batch.query.contiguous(memory_format=self.memory_format)
         self.guard.before_forward()
         with self.autocast:
-            loss, stats = self.net(key, query, batch.labels)
+            loss, stats, after = self.net(key, query, batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bad = self.guard.step_is_bad(loss, stats, step)
         if self.guard.mode == "skip" and bool(bad):  # the one sync per step of skip mode
-            self.guard.skip()
-            model.discard()
+            self.guard.skip()  # and `after` is dropped: the teacher and the queue stay as they were
             optimizer.zero_grad(set_to_none=True)
             self.runlog.say(f"step {step}: non-finite loss or gradient, step skipped "
                             f"({self.guard.skipped} so far)")
             return None
         optimizer.step()
-        model.commit()
+        model.apply_step(after)  # the method's post-step work (EMA teacher, enqueue), all of it, here
         return {"loss": loss, **stats}
 
-    def log_window(self, window: "Window", epoch: int, step: int, bar) -> None:
+    def log_window(self, window: Window, epoch: int, step: int, bar) -> None:
         cfg = self.setup.cfg
         if not window.count:
             return
@@ -300,8 +284,9 @@ class EpochRunner:
 
     def preempted(self, epoch: int, done: int) -> Preempted:
         where = f"epoch {epoch}, step {done}/{self.steps}" if done < self.steps else f"the end of epoch {epoch}"
-        return Preempted(f"{self.stop.name} received: checkpoint written at {where} in {self.setup.run_dir}; "
-                         f"continue with --resume auto (exit code {Preempted.exit_code})")
+        return Preempted("{signal} received: checkpoint written at {where} in {folder}; continue with {resume} auto "
+                         "(exit code {code})", signal=self.stop.name, where=where, folder=self.setup.run_dir,
+                         code=Preempted.exit_code)
 
 
 class Window:
@@ -341,5 +326,6 @@ def report_bad_files(setup: Setup, epoch: int, bad: list[str], steps: int, runlo
     runlog.record("data", epoch, {"bad_images": len(bad)})
     seen = steps * setup.cfg.batch_size // setup.world
     if len(bad) > setup.cfg.max_bad_fraction * seen:
-        raise UsageError(f"{len(bad)} of {seen} images read in epoch {epoch} were unreadable (more than "
-                         f"max_bad_fraction={setup.cfg.max_bad_fraction}); see {setup.run_dir / 'bad_files.txt'}")
+        raise SettingError("{n} of {seen} images read in epoch {epoch} were unreadable (more than {max_bad_fraction}="
+                           "{limit}); see {listed}", n=len(bad), seen=seen, epoch=epoch,
+                           limit=setup.cfg.max_bad_fraction, listed=setup.run_dir / "bad_files.txt")

@@ -17,10 +17,11 @@ class NonFiniteGuard:
     def __init__(self, model: nn.Module, mode: str) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        self.teacher = [p for n, p in model.named_parameters() if not p.requires_grad]
+        self.teacher: list[Tensor] = [p for n, p in model.named_parameters() if not p.requires_grad]
         self.teacher_names = [n for n, p in model.named_parameters() if not p.requires_grad]
         self.mode, self.skipped = mode, 0
-        # BatchNorm statistics of a skipped step are put back; the queue is left to discard()
+        # BatchNorm statistics of a skipped step are put back; the queue and teacher never moved (the loop drops
+        # the step's AfterStep)
         self.buffers = [b for n, b in model.named_buffers() if b.is_floating_point() and not n.startswith("queue")]
         self._saved: list[Tensor] | None = None
         self.first: dict[str, Tensor] | None = None  # the first bad step seen since the last check
@@ -62,12 +63,14 @@ class NonFiniteGuard:
             terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.term_names, first["terms"].tolist()))
             loss_ok = bool(torch.isfinite(first["terms"][0]))
             tensor = f"gradient of {self.names[int(first['grad'])]}" if loss_ok else "loss"
-            raise NonFiniteError(f"non-finite {tensor} at epoch {epoch}, step {int(first['step'])} (lr {lr:.4g}; "
-                                 f"{terms}); nothing was saved after it. Lower --lr, check the data, or pass "
-                                 f"--on-nonfinite skip; resume from the last checkpoint with --resume auto")
+            raise NonFiniteError("non-finite {tensor} at epoch {epoch}, step {step} (lr {now:.4g}; {terms}); nothing "
+                                 "was saved after it. Lower {lr}, check the data, or pass {on_nonfinite} skip; "
+                                 "resume from the last checkpoint with {resume} auto", tensor=tensor, epoch=epoch,
+                                 step=int(first["step"]), now=lr, terms=terms)
         norms = torch.stack(torch._foreach_norm(self.teacher)) if self.teacher else torch.zeros(1)
         bad_teacher = ~torch.isfinite(norms)
         if bool(bad_teacher.any()):
             name = self.teacher_names[int(bad_teacher.int().argmax())]
-            raise NonFiniteError(f"non-finite teacher weight {name} at epoch {epoch} (lr {lr:.4g}); nothing was "
-                                 f"saved after it. Lower --lr or raise the teacher momentum (ema)")
+            raise NonFiniteError("non-finite teacher weight {name} at epoch {epoch} (lr {now:.4g}); nothing was saved "
+                                 "after it. Lower {lr} or raise the teacher momentum ({ema})", name=name, epoch=epoch,
+                                 now=lr)

@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
-
-
-def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """For DataLoader workers (`worker_init_fn`): the main process handles these signals (checkpoint, then stop);
-    a worker killed by the terminal's Ctrl-C, sent to the whole process group, would crash it."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+from isd.runtime import SIGNALS
 
 
 class StopRequests:
     def __init__(self, world: int = 1) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-        self._group = dist.new_group(backend="gloo") if world > 1 else None
+        self._previous: dict[int, Any] = {}
+        self._group: Any = dist.new_group(backend="gloo") if world > 1 else None
         self._flag = torch.zeros(1)
-        self._pending = None
+        self._pending: Any = None  # the all-reduce in flight (a torch.distributed Work)
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -23,7 +23,7 @@ class RunLog:
                 self.tb = None
 
     def record(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self.jsonl is None:  # not rank 0
             return
         row = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self.jsonl.write(json.dumps(row) + "\n")

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isd.cli_common import add_trust_flag
-from isd.config import DATASETS, config_from_dict
+from isd import checkpoint
+from isd.cli.common import Flags, add_trust_flag
+from isd.config import DATASETS, Range, check_range, config_from_dict
 from isd.data.sources import load_source
-from isd.errors import UsageError
-from isd.eval.checkpoints import load_backbone, read_checkpoint
+from isd.errors import SettingError, UsageError
 from isd.eval.figures import cluster_rows, draw_clusters, draw_neighbours, neighbour_rows
-from isd.methods import build_method
-from isd.train.loop import image_size_and_stem, resolve_device
+from isd.methods import ISD, build_method
+from isd.runtime import resolve_device
+from isd.train.loop import image_size_and_stem
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def register(sub) -> None:
     n.add_argument("--queries", type=int, default=4, help="rows (default 4)")
     n.add_argument("--anchors", type=int, default=4096, help="images in the bank (default 4096)")
     n.add_argument("--top", type=int, default=5, help="anchors shown per query (default 5)")
-    n.set_defaults(handler=run_neighbors)
+    n.set_defaults(handler=run_neighbors, flags=Flags(n))
     c = sub.add_parser("clusters", help="k-means clusters of the backbone features, drawn as rows of images",
                        description="Spherical k-means of the student backbone's features of up to --images images; "
                        "one row per cluster (largest first): its size, majority class and the images nearest its "
@@ -52,14 +53,12 @@ def register(sub) -> None:
     c.add_argument("-k", "--clusters", type=int, help="number of clusters (default: number of classes)")
     c.add_argument("--per-row", type=int, default=10, help="images per row (default 10)")
     c.add_argument("--images", type=int, default=5000, help="images clustered (default 5000)")
-    c.set_defaults(handler=run_clusters)
+    c.set_defaults(handler=run_clusters, flags=Flags(c))
 
 
 def _check(args: argparse.Namespace, limits: dict[str, tuple[int, int]]) -> None:
     for name, (low, high) in limits.items():
-        value = getattr(args, name)
-        if value is not None and not low <= value <= high:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
+        check_range(name, getattr(args, name), Range(low, high))
 
 
 def _source(args: argparse.Namespace, opt: dict):
@@ -67,23 +66,23 @@ def _source(args: argparse.Namespace, opt: dict):
     on_disk = dataset in ("folder", "imagenet", "imagenet100")
     data = args.data or ("" if on_disk else opt.get("data", ""))
     if on_disk and not data:
-        raise UsageError("no data folder given: pass DATA (a folder with train/ inside) or --dataset fashion-mnist")
+        raise SettingError("no data folder given: pass {data} (a folder with train/ inside) or {dataset} fashion-mnist")
     return load_source(dataset, data, args.split)
 
 
 def _output(args: argparse.Namespace, name: str) -> Path:
     out = Path(args.output) if args.output else Path(args.ckpt).resolve().parent / name
     if out.suffix.lower() != ".png":
-        raise UsageError(f"--output {out} must be a .png file")
+        raise SettingError("{output} {path} must be a .png file", path=out)
     if not out.parent.is_dir():
-        raise UsageError(f"--output {out}: folder {out.parent} does not exist")
+        raise SettingError("{output} {path}: folder {folder} does not exist", path=out, folder=out.parent)
     return out
 
 
 def run_neighbors(args: argparse.Namespace) -> int:
     _check(args, {"queries": (1, 32), "anchors": (16, 1_000_000), "top": (1, 20), "seed": (0, 2**32 - 1)})
     out = _output(args, "neighbors.png")
-    ckpt = read_checkpoint(args.ckpt, args.trust_checkpoint_code)
+    ckpt = checkpoint.read(args.ckpt, args.trust_checkpoint_code)
     opt = ckpt.get("opt")
     if not isinstance(opt, dict) or opt.get("method") not in ("isd", "isd-plus"):
         raise UsageError(f"checkpoint {args.ckpt} is not an ISD / ISD+ training checkpoint of `isd train` (it needs "
@@ -92,6 +91,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
     source = _source(args, opt)
     size, stem = image_size_and_stem(cfg, source)
     model = build_method(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
+    assert isinstance(model, ISD)  # the method was checked above
     model.load_state_dict(ckpt["state_dict"])
     device = resolve_device(args.device)
     rows = neighbour_rows(model.to(device), cfg, source, size, device, args.queries, args.anchors, args.top, args.seed)
@@ -103,10 +103,11 @@ def run_neighbors(args: argparse.Namespace) -> int:
 
 
 def run_clusters(args: argparse.Namespace) -> int:
-    _check(args, {"num_workers": (0, 256), "clusters": (2, 256), "per_row": (1, 40), "images": (2, 10_000_000), "seed": (0, 2**32 - 1)})
+    _check(args, {"num_workers": (0, 256), "clusters": (2, 256), "per_row": (1, 40), "images": (2, 10_000_000),
+                  "seed": (0, 2**32 - 1)})
     out = _output(args, "clusters.png")
-    ckpt = read_checkpoint(args.ckpt, args.trust_checkpoint_code)
-    net, info = load_backbone(ckpt)
+    ckpt = checkpoint.read(args.ckpt, args.trust_checkpoint_code)
+    net, info = checkpoint.load_backbone(ckpt)
     opt = ckpt.get("opt")
     source = _source(args, opt if isinstance(opt, dict) else {})
     if source.channels != info["in_channels"]:
@@ -116,7 +117,7 @@ def run_clusters(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     k = args.clusters or len(source.classes)
     if args.images < k:
-        raise UsageError(f"--images {args.images} must be at least the number of clusters ({k})")
+        raise SettingError("{images} {n} must be at least the number of clusters ({k})", n=args.images, k=k)
     rows = cluster_rows(net.to(device), source, int(size), device, k, args.per_row, args.images, args.seed,
                         args.num_workers)
     draw_clusters(rows, source, int(size), out, f"k-means, k={k}, of {min(args.images, len(source))} "

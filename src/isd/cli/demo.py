@@ -13,11 +13,14 @@ from pathlib import Path
 
 import torch
 
+from isd.cli.common import Flags, set_flag
 from isd.config import build_config
 from isd.data.sources import find_fashion_mnist, load_source
-from isd.eval.features import extract_features
-from isd.eval.knn import knn_evaluate
+from isd.eval.features import Encoded, encode, raw_pixels
+from isd.eval.knn import knn_of
+from isd.eval.monitor import knn_monitor
 from isd.methods import build_method
+from isd.train.loop import image_size_and_stem, train
 
 CPU_RECIPE, GPU_RECIPE = "isd-fmnist-demo", "isd-r18-fmnist"
 
@@ -27,34 +30,24 @@ def register(sub) -> None:
                        description="Train ISD on Fashion-MNIST on whatever device is here (a short recipe on CPU, "
                        "the full-length one on a GPU), print the kNN accuracy of the encoder after each epoch, then "
                        "its 1-NN / 20-NN test accuracy beside raw pixels and a randomly initialised encoder.")
-    p.add_argument("data", nargs="?", default="", help="folder with the Fashion-MNIST idx .gz files (default: the "
-                   "Debian package's folder, else torchvision's download)")
+    p.add_argument("data", metavar="DATA", nargs="?", default="", help="folder with the Fashion-MNIST idx .gz files "
+                   "(default: the Debian package's folder, else torchvision's download)")
     p.add_argument("--recipe", help=f"recipe to run (default: {CPU_RECIPE} on CPU, {GPU_RECIPE} on a GPU)")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.set_defaults(handler=run_demo)
+    p.set_defaults(handler=run_demo, flags=Flags(p, otherwise=set_flag))
 
 
-def knn_row(train_x, train_y, test_x, test_y) -> dict[str, float]:
-    result = knn_evaluate(train_x, train_y, test_x, test_y, ks=(1, 20), num_classes=10)
-    return {"1-NN": result["top1"]["1"], "20-NN": result["top1"]["20"]}
-
-
-def pixel_floor(train, test) -> dict[str, float]:
-    flat = lambda s: s.images.flatten(1).float() / 255.0  # noqa: E731
-    return knn_row(flat(train), train.targets, flat(test), test.targets)
+def knn_row(encoded: Encoded) -> dict[str, float]:
+    at = knn_of(encoded, num_classes=10, ks=(1, 20))["at"]
+    return {"1-NN": at[1], "20-NN": at[20]}
 
 
 def encoder_score(net, train, test, size: int, device) -> dict[str, float]:
-    train_x, train_y = extract_features(net, train, size, device)
-    test_x, test_y = extract_features(net, test, size, device)
-    return knn_row(train_x, train_y, test_x, test_y)
+    return knn_row(encode(net, train, test, size, device))
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from isd.eval.monitor import knn_monitor
-    from isd.train.loop import image_size_and_stem, train
-
     started = time.perf_counter()
     on_gpu = torch.cuda.is_available()
     recipe = args.recipe or (GPU_RECIPE if on_gpu else CPU_RECIPE)
@@ -62,11 +55,12 @@ def run_demo(args: argparse.Namespace) -> int:
     where = find_fashion_mnist(args.data)
     print(f"Fashion-MNIST from {where or 'torchvision download'}; recipe {recipe} on "
           f"{'GPU ' + torch.cuda.get_device_name() if on_gpu else f'CPU ({torch.get_num_threads()} threads)'}")
-    train_set, test_set = load_source("fashion-mnist", args.data, "train"), load_source("fashion-mnist", args.data, "val")
+    train_set = load_source("fashion-mnist", args.data, "train")
+    test_set = load_source("fashion-mnist", args.data, "val")
     device = torch.device("cuda" if on_gpu else "cpu")
     size, stem = image_size_and_stem(cfg, train_set)
 
-    floors = {"raw pixels": pixel_floor(train_set, test_set)}
+    floors = {"raw pixels": knn_row(raw_pixels(train_set, test_set))}
     torch.manual_seed(cfg.seed)  # the same initial weights as the training run below
     random_net = build_method(cfg, in_channels=1, stem=stem).encoder_q.to(device)
     floors["random init encoder"] = encoder_score(random_net, train_set, test_set, size, device)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isd.cli_common import OneLineParser, add_trust_flag, run_guarded
+from isd.cli.common import Flags, OneLineParser, add_trust_flag, run_guarded
+from isd.cli.launch import maybe_self_launch
 from isd.config import build_config
+from isd.train.loop import train
 
+WORKER = "isd.cli.legacy_train"  # what each self-launched worker runs: this module, as `python -m`
 # script -> (recipe, description)
 SCRIPTS = {
     "train_isd.py": ("isd-r18-imagenet", "ISD (ResNet-18 recipe of the paper)"),
@@ -57,13 +60,18 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
     return p
 
 
-def legacy_values(args: argparse.Namespace) -> dict:
+def flags(parser: argparse.ArgumentParser) -> Flags:
+    """The original flags as config keys, and back in the engine's errors (`--temp / --temp_s` for temp_student)."""
+    return Flags(parser, keys={"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir",
+                               "temp": "temp_student", "temp_s": "temp_student", "temp_t": "temp_teacher"},
+                 ignored=("gpu", "debug", "cos", "weak_strong", "temp", "trust_checkpoint_code"))
+
+
+def legacy_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Config values for the flags given on the command line (every flag defaults to None: not given)."""
-    rename = {"learning_rate": "lr", "momentum": "ema", "checkpoint_path": "run_dir", "temp_s": "temp"}
-    skip = {"gpu", "debug", "cos", "weak_strong", "temp", "trust_checkpoint_code"}
-    values = {rename.get(k, k): v for k, v in vars(args).items() if v is not None and k not in skip}
+    values = flags(parser).values(args)
     if args.temp is not None:
-        values.setdefault("temp", args.temp)  # --temp_s wins over --temp when both are given
+        values.setdefault("temp_student", args.temp)  # --temp_s wins over --temp when both are given
     values.update(schedule_values(args))
     if args.weak_strong:
         values["augmentation"] = "weak/strong"
@@ -87,14 +95,17 @@ def main(script: str, argv: list[str] | None = None) -> int:
     parser = legacy_parser(script)
 
     def run() -> int:
-        from isd.train.loop import train
         args = parser.parse_args(argv)
-        cfg = build_config(SCRIPTS[script][0], legacy_values(args))
-        from isd.train.launch import maybe_self_launch
-        launched = maybe_self_launch(script, sys.argv[1:] if argv is None else list(argv), cfg.device)
+        cfg = build_config(SCRIPTS[script][0], legacy_values(args, parser))
+        given = sys.argv[1:] if argv is None else list(argv)
+        launched = maybe_self_launch(script, WORKER, [script, *given], cfg.device)
         if launched is not None:  # several GPUs, no launcher: one worker per GPU has run the job
             return launched
         train(cfg, trust_code=args.trust_checkpoint_code)
         return 0
 
-    return run_guarded(run, script)
+    return run_guarded(run, script, flags(parser).name)
+
+
+if __name__ == "__main__":  # a worker of the self-launch: the script's name, then its command line
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

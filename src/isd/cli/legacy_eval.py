@@ -1,4 +1,4 @@
-"""The original `eval_knn.py` / `eval_linear.py` flags, translated onto `isd knn` / `isd linear`.
+"""The original `eval_knn.py` / `eval_linear.py` flags, translated into the settings of `isd knn` / `isd linear`.
 
 Besides the table and JSON of `isd knn|linear`, each prints the result lines the original printed, which its
 users parse, and appends them to the log file the original kept in --save (`knn.logs`, `logs`).
@@ -7,15 +7,14 @@ users parse, and appends them to the log file the original kept in --save (`knn.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
-from isd.cli_common import TRUST_FLAG, OneLineParser, add_trust_flag, run_guarded
+from isd.cli.common import Flags, OneLineParser, add_trust_flag, run_guarded
 from isd.config import ARCHS, DATASETS
-from isd.errors import UsageError
-from isd.eval.command import add_knn_args, add_linear_args, output_folder, run_knn, run_linear
+from isd.errors import SettingError
+from isd.eval.protocols import Evaluation, knn_report, linear_report, output_folder
 
 SCRIPTS = {"eval_knn.py": ("kNN accuracy (1-NN, 20-NN)", "isd knn"),
            "eval_linear.py": ("the linear probe (40 epochs, lr 0.01, steps at 15,30,40)", "isd linear")}
@@ -48,31 +47,18 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
     return p
 
 
-def translate(script: str, args: argparse.Namespace) -> list[str]:
-    """`isd knn|linear` arguments; values as --flag=VALUE and the paths after `--`, so a value that starts
-    with '-' stays a value."""
-    argv = [f"--dataset={args.dataset}", f"--batch-size={args.batch_size}", f"--num-workers={args.workers}"]
-    argv += [f"--arch={args.arch}"] if args.arch else []
-    argv += [f"--out={args.save}"] if args.save else []
-    argv += [TRUST_FLAG] if args.trust_checkpoint_code else []
-    if script == "eval_knn.py":
-        argv += ["-k", *map(str, args.k)]
-    else:
-        argv += [f"--lr={args.lr!r}", f"--epochs={args.epochs}", f"--lr-schedule={args.lr_schedule}"]
-    return argv + ["--", args.weights, args.data]
-
-
-# `isd knn|linear` names in its messages -> the names this script's user typed
-OWN_NAMES = {"--num-workers": "-j/--workers", "--batch-size": "-b/--batch-size", "--out": "--save",
-             "--lr-schedule": "--lr_schedule", "CKPT": "--weights", "--arch": "-a/--arch"}
+def flags(parser: argparse.ArgumentParser) -> Flags:
+    """The original flags as settings of isd.eval.protocols.Evaluation, and back in its errors."""
+    return Flags(parser, keys={"weights": "ckpt", "save": "out", "workers": "num_workers"},
+                 ignored=("load_cache", "print_freq", "gpu", "debug"))
 
 
 class OriginalLines:
     """Prints the original's result lines and appends them to the log file it kept in --save; a run's first line
     there is its options, as the original logged them."""
 
-    def __init__(self, args: argparse.Namespace, translated: argparse.Namespace, script: str) -> None:
-        self.args, self.translated, self.script = args, translated, script
+    def __init__(self, args: argparse.Namespace, ev: Evaluation, script: str) -> None:
+        self.args, self.ev, self.script = args, ev, script
         self.path: Path | None = None
         self.start = time.perf_counter()
 
@@ -82,13 +68,15 @@ class OriginalLines:
             return
         try:
             if self.path is None:
-                self.path = output_folder(self.translated) / LOG_FILES[self.script]
+                self.path = output_folder(self.ev) / LOG_FILES[self.script]
                 self._append(f"{self.script} {self.args}")
             self._append(line)
         except OSError as err:
-            raise UsageError(f"cannot write the log {self.path} ({err.strerror}); pass a writable --save") from None
+            raise SettingError("cannot write the log {path} ({why}); pass a writable {out}", path=self.path,
+                               why=err.strerror) from None
 
     def _append(self, line: str) -> None:
+        assert self.path is not None
         with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(line + "\n")
 
@@ -103,21 +91,20 @@ class OriginalLines:
 
 
 def main(script: str, argv: list[str] | None = None) -> int:
-    def run() -> int:
-        args = legacy_parser(script).parse_args(argv)
-        target = OneLineParser(prog=script)
-        (add_knn_args if script == "eval_knn.py" else add_linear_args)(target)
-        translated = target.parse_args(translate(script, args))
-        lines = OriginalLines(args, translated, script)
-        try:
-            if script == "eval_knn.py":
-                return run_knn(translated, on_result=lines.knn)
-            return run_linear(translated, on_epoch=lines.linear_epoch)
-        except UsageError as err:
-            names = "|".join(re.escape(name) for name in OWN_NAMES)
-            raise UsageError(re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: OWN_NAMES[m[1]], str(err))) from None
+    parser = legacy_parser(script)
+    translation = flags(parser)
 
-    return run_guarded(run, script)
+    def run() -> int:
+        args = parser.parse_args(argv)
+        ev = Evaluation(**translation.values(args))
+        lines = OriginalLines(args, ev, script)
+        if script == "eval_knn.py":
+            knn_report(ev, on_result=lines.knn)
+        else:
+            linear_report(ev, on_epoch=lines.linear_epoch)
+        return 0
+
+    return run_guarded(run, script, translation.name)
 
 
 if __name__ == "__main__":

@@ -256,8 +256,11 @@ class BatchAugment(torch.nn.Module):
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {RECIPES}")
-        self.recipe, self.size, self.scale, self.ratio = recipe, size, tuple(scale), tuple(ratio)
+        self.recipe, self.size = recipe, size
+        self.scale, self.ratio = (scale[0], scale[1]), (ratio[0], ratio[1])
         self.blur_prob = blur_prob
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
+from isd.cli.common import Flags
 from isd.errors import UsageError
 from isd.experiments.plans import BUDGETS, load_plan, plan_names, select
 from isd.experiments.report import report, update_readme
@@ -44,7 +46,7 @@ def register(sub) -> None:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: GPU if visible")
     e.add_argument("--list", action="store_true", help="list the plans, or PLAN's cells and their state, and exit")
     e.add_argument("--no-report", action="store_true", help="do not write the tables and charts at the end")
-    e.set_defaults(handler=run_experiment)
+    e.set_defaults(handler=run_experiment, flags=Flags(e))
 
     r = sub.add_parser(
         "report", help="markdown tables and PNG charts from experiment folders",
@@ -57,7 +59,7 @@ def register(sub) -> None:
     r.add_argument("folders", metavar="EXPDIR", nargs="*", help="experiment folders")
     r.add_argument("--readme", metavar="FILE", help="regenerate the blocks between `<!-- begin: isd report "
                    "EXPDIR... -->` and `<!-- end: isd report -->` in FILE instead")
-    r.set_defaults(handler=run_report)
+    r.set_defaults(handler=run_report, flags=Flags(r))
 
 
 def run_experiment(args: argparse.Namespace) -> int:
@@ -107,7 +109,7 @@ def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
     for flag, value in (("--only", args.only), ("--shard", args.shard)):
         base += [flag, value] if value else []
     env = {**os.environ, "ISD_CONCURRENT_CELLS": os.environ.get("ISD_CONCURRENT_CELLS", str(args.jobs))}
-    workers = []
+    workers: list[tuple[subprocess.Popen, IO[str]]] = []
 
     def forward(signum, frame):  # a stop signal reaches every worker: each checkpoints and exits
         for p, _ in workers:
@@ -130,11 +132,11 @@ def run_workers(args: argparse.Namespace, total: int, out: Path) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for p, log in workers:
+        for p, log_file in workers:
             p.wait()
-            log.close()
+            log_file.close()
             if p.returncode not in (0, 1):
-                print(f"worker {log.name} exited with code {p.returncode}")
+                print(f"worker {log_file.name} exited with code {p.returncode}")
 
 
 def run_report(args: argparse.Namespace) -> int:

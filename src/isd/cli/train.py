@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from isd.cli_common import add_trust_flag
-from isd.config import ARCHS, DATASETS, FIELDS, METHODS, build_config, recipe_description, recipe_names
+import yaml
+
+from isd.cli.common import Flags, add_trust_flag, set_flag
+from isd.config import ARCHS, DATASETS, METHODS, Config, build_config, load_recipe, recipe_description, recipe_names
+from isd.eval.monitor import knn_monitor
+from isd.train.loop import train
 
 
 def register(sub) -> None:
@@ -16,8 +20,8 @@ def register(sub) -> None:
                        "  isd train --recipe isd-fmnist-demo --set epochs=5\n"
                        "  torchrun --nproc_per_node 8 -m isd train --recipe isd-plus-r50-imagenet /datasets/imagenet",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet layout), or "
-                   "the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="folder with train/<class>/<image> (ImageNet "
+                   "layout), or the folder holding a built-in set's files (optional for --dataset fashion-mnist)")
     p.add_argument("--recipe", help=f"named recipe: {', '.join(recipe_names())}")
     p.add_argument("--method", choices=METHODS, help="training method")
     p.add_argument("--arch", choices=ARCHS, help="backbone")
@@ -44,36 +48,30 @@ def register(sub) -> None:
                    "epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key "
                    "(repeatable), e.g. --set ema=0.99 --set schedule=cos")
-    p.set_defaults(handler=run_train)
+    p.set_defaults(handler=run_train, flags=Flags(p, otherwise=set_flag, ignored=("recipe", "set",
+                                                                               "trust_checkpoint_code")))
 
     r = sub.add_parser("recipes", help="list the named recipes", description="List the recipes shipped with isd.")
     r.add_argument("name", nargs="?", help="show one recipe's values")
-    r.set_defaults(handler=run_recipes)
+    r.set_defaults(handler=run_recipes, flags=Flags(r))
 
 
-def config_from_args(args: argparse.Namespace):
-    # every flag named like a config key is one; --recipe and --set are applied by build_config itself
-    values = {n: v for n, v in vars(args).items() if n in FIELDS and n != "recipe" and v is not None}
-    return build_config(args.recipe, values, args.set)
+def config_from_args(args: argparse.Namespace) -> Config:
+    # every flag is the config key of its name; --recipe and --set are applied by build_config itself
+    return build_config(args.recipe, args.flags.values(args), args.set)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from isd.train.loop import train
-
     cfg = config_from_args(args)
     hooks = None
     if cfg.eval_every:
-        from isd.eval.monitor import knn_monitor
         hooks = knn_monitor(cfg)
     train(cfg, on_epoch_end=hooks, trust_code=args.trust_checkpoint_code)
     return 0
 
 
 def run_recipes(args: argparse.Namespace) -> int:
-    from isd.config import load_recipe
-
     if args.name:
-        import yaml
         values = load_recipe(args.name)  # first: it names the available recipes when this one is unknown
         print(f"# {recipe_description(args.name)}")
         print(yaml.safe_dump(values, sort_keys=False).strip())

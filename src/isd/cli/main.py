@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from isd.cli_common import OneLineParser, run_guarded
+from isd.cli import demo, evaluate, experiments, figures, train
+from isd.cli.common import OneLineParser, run_guarded
 
-# each module has register(subparsers) -> sets `handler` on its subparser
-COMMAND_MODULES = ("isd.train.command", "isd.demo", "isd.eval.command", "isd.experiments.command",
-                   "isd.eval.figure_commands")
+COMMANDS = (train, demo, evaluate, experiments, figures)  # each: register(subparsers) sets `handler`
 
 
 def build_parser() -> OneLineParser:
-    import importlib
-
     parser = OneLineParser(prog="isd", description="Self-supervised learning by Iterative Similarity Distillation "
                            "(ISD, ICCV 2021), with ISD+, asymmetric BYOL and MoCo-v2. Train an encoder on unlabeled "
                            "images, evaluate it (kNN, linear probe) and export the backbone.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue  # a subcommand not built into this version
-            raise
+    for module in COMMANDS:
         module.register(sub)
     return parser
 
@@ -35,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    return run_guarded(lambda: args.handler(args) or 0, f"isd {args.command}")
+    return run_guarded(lambda: args.handler(args) or 0, f"isd {args.command}", args.flags.name)
 
 
 if __name__ == "__main__":

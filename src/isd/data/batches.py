@@ -1,0 +1,294 @@
+"""Batches of images on a device, from a source held in memory or from image files: `batches_of(source)` is the
+one place where the two part ways, and every consumer (training, features, the probe, figures, floors) asks the
+object it returns.
+
+Randomness is a function of (seed, epoch, sample or step), never of a running RNG: the data order and every
+augmentation are the same after a resume and for any number of workers or processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from isd.data.batch_augment import BatchAugment
+from isd.data.decode import open_rgb
+from isd.data.pil_augment import eval_transform, train_transform
+from isd.data.sources import Source
+from isd.errors import UsageError
+from isd.runtime import ignore_stop_signals
+
+MAX_REPLACEMENT_TRIES = 64
+PROBE_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as the original linear evaluation
+
+
+def mix_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
+
+
+@dataclass
+class Batch:
+    key: Tensor
+    query: Tensor
+    labels: Tensor
+    bad: list[str]  # unreadable files replaced in this batch
+
+
+class TwoViewLoader(Protocol):
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
+
+
+class Batches(Protocol):
+    """What a source's images are asked for."""
+
+    def two_views(self, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1) -> TwoViewLoader:
+        """Training batches: the (teacher, student) views of `cfg`'s augmentations, this rank's share."""
+        ...
+
+    def plain(self, size: int, batch_size: int, device: torch.device,
+              num_workers: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
+        """Unaugmented images in source order (Resize -> CenterCrop for files, native size in memory)."""
+        ...
+
+    def augmented(self, size: int, batch_size: int, device: torch.device, num_workers: int, seed: int,
+                  epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of the probe's RandomResizedCrop + flip views; the randomness is (seed, epoch)'s."""
+        ...
+
+    def uint8(self, indices: Tensor, size: int) -> Tensor:
+        """uint8 [N, C, H, W] of the chosen images (files: shorter side resized to `size`, centre-cropped)."""
+        ...
+
+    def pixels(self) -> tuple[Tensor, Tensor]:
+        """(raw pixels in [0, 1], flattened; labels): the raw-pixel floor."""
+        ...
+
+
+def batches_of(source: Source) -> Batches:
+    return MemoryBatches(source) if source.images is not None else FileBatches(source)
+
+
+class RankBatches(Sampler):
+    """This rank's share of each global batch of the epoch's permutation (drop_last, like the original)."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
+        self.local = global_batch // world
+        self.epoch, self.start_step = 1, 0
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.start_step
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed, self.epoch)
+        for step in range(self.start_step, self.n // self.global_batch):
+            first = step * self.global_batch + self.rank * self.local
+            yield [(int(i), self.epoch) for i in order[first:first + self.local]]
+
+
+# ----------------------------------------------------------------------------------------------- in memory
+
+
+class MemoryBatches:
+    """A uint8 tensor in memory (28-32 px sets), augmented a whole batch at a time on the device."""
+
+    def __init__(self, source: Source) -> None:
+        assert source.images is not None
+        self.source, self.images = source, source.images
+
+    def two_views(self, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1) -> TwoViewLoader:
+        return TensorLoader(self.source, cfg, size, device, rank, world)
+
+    def plain(self, size: int, batch_size: int, device: torch.device,
+              num_workers: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
+        plain = BatchAugment("none", size, self.source.mean, self.source.std)
+        for start in range(0, len(self.source), batch_size):
+            images = self.images[start:start + batch_size].to(device)
+            yield plain(images), self.source.targets[start:start + batch_size].to(device)
+
+    def augmented(self, size: int, batch_size: int, device: torch.device, num_workers: int, seed: int,
+                  epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch_seed = mix_seed(seed, epoch)
+        aug = BatchAugment("weak", size, self.source.mean, self.source.std, PROBE_CROP_SCALE).to(device)
+        order = torch.randperm(len(self.source), generator=torch.Generator().manual_seed(epoch_seed))
+        gen = torch.Generator(device=device).manual_seed(epoch_seed)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            yield aug(self.images[batch].to(device), generator=gen), self.source.targets[batch].to(device)
+
+    def uint8(self, indices: Tensor, size: int) -> Tensor:
+        return self.images[indices]
+
+    def pixels(self) -> tuple[Tensor, Tensor]:
+        return self.images.flatten(1).float() / 255.0, self.source.targets
+
+
+class TensorLoader:
+    """Two views of each global batch of an in-memory uint8 set, on the training device (no per-image PIL)."""
+
+    def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
+        assert source.images is not None
+        self.images = source.images.to(device)
+        self.targets = source.targets.to(device)
+        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                    blur_prob=cfg.blur_prob)
+        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                      blur_prob=cfg.blur_prob)
+        self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
+        self.device = device
+
+    def steps_per_epoch(self) -> int:
+        return len(self.targets) // self.sampler.global_batch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        s = self.sampler
+        order = epoch_order(len(self.targets), s.seed, epoch).to(self.device)
+        gen = torch.Generator(device=self.device)
+        for step in range(start_step, self.steps_per_epoch()):
+            batch = order[step * s.global_batch:(step + 1) * s.global_batch]
+            # views of the whole global batch from one seeded generator, then this rank's slice: identical
+            # data for any number of processes (augmenting a 28 px batch is cheap next to the network)
+            gen.manual_seed(mix_seed(s.seed, epoch, step))
+            images = self.images[batch]
+            key = self.key_aug(images, generator=gen)
+            query = self.query_aug(images, generator=gen)
+            mine = slice(s.rank * s.local, (s.rank + 1) * s.local)
+            yield Batch(key[mine], query[mine], self.targets[batch][mine], [])
+
+
+# ----------------------------------------------------------------------------------------------- image files
+
+
+class FileBatches:
+    """Image files, decoded (and augmented) per image in DataLoader workers."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def two_views(self, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1) -> TwoViewLoader:
+        return FileLoader(self.source, cfg, size, device, rank, world)
+
+    def plain(self, size: int, batch_size: int, device: torch.device,
+              num_workers: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
+        transform = eval_transform(size, self.source.mean, self.source.std)
+        loader = DataLoader(ImageFiles(self.source, transform), batch_size=batch_size, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), self._checked(labels).to(device, non_blocking=True)
+
+    def augmented(self, size: int, batch_size: int, device: torch.device, num_workers: int, seed: int,
+                  epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch_seed = mix_seed(seed, epoch)
+        transform = train_transform("weak", size, self.source.mean, self.source.std, PROBE_CROP_SCALE)
+        torch.manual_seed(epoch_seed)  # the transforms' RNG when num_workers == 0; workers are seeded by the loader
+        loader = DataLoader(ImageFiles(self.source, transform), batch_size=batch_size, shuffle=True,
+                            num_workers=num_workers, generator=torch.Generator().manual_seed(epoch_seed),
+                            pin_memory=device.type == "cuda")
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), self._checked(labels).to(device, non_blocking=True)
+
+    def uint8(self, indices: Tensor, size: int) -> Tensor:
+        out = []
+        for i in indices.tolist():
+            img = open_rgb(self.source.files[i])
+            scale = size / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                             Image.Resampling.BILINEAR)
+            left, top = (img.width - size) // 2, (img.height - size) // 2
+            crop = img.crop((left, top, left + size, top + size))
+            out.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
+        return torch.stack(out)
+
+    def pixels(self) -> tuple[Tensor, Tensor]:
+        raise UsageError(f"the raw-pixels floor needs an in-memory set (images of one size), not the files of "
+                         f"{self.source.name}")
+
+    def _checked(self, labels: Tensor) -> Tensor:
+        """Evaluation needs every image: the first unreadable one (label -1 - index) stops it with one line."""
+        bad = labels < 0
+        if bool(bad.any()):
+            path = self.source.files[-1 - int(labels[bad][0])]
+            raise UsageError(f"image {path} cannot be read (corrupt, truncated, not an image or not readable); "
+                             f"evaluation uses every image of the split: fix or remove it")
+        return labels
+
+
+class TwoViewFiles(Dataset):
+    def __init__(self, source: Source, key_t, query_t, seed: int) -> None:
+        self.files, self.targets = source.files, source.targets
+        self.key_t, self.query_t, self.seed = key_t, query_t, seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, epoch = item
+        bad, img = -1, None
+        for attempt in range(min(len(self.files), MAX_REPLACEMENT_TRIES)):
+            candidate = (index + attempt) % len(self.files)
+            try:
+                img = open_rgb(self.files[candidate])
+                break
+            except Exception:  # unreadable, truncated, not an image: replaced, counted and reported
+                bad = candidate if bad < 0 else bad
+        if img is None:
+            raise RuntimeError(f"{MAX_REPLACEMENT_TRIES} images in a row from {self.files[index]} are unreadable")
+        torch.manual_seed(mix_seed(self.seed, epoch, index))
+        return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
+
+
+def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    keys, queries, labels, bad = zip(*samples)
+    return torch.stack(keys), torch.stack(queries), torch.tensor(labels), [b for b in bad if b >= 0]
+
+
+class FileLoader:
+    """Decodes and augments image files in DataLoader workers (ImageNet-style folders)."""
+
+    def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
+        key_t = train_transform(cfg.key_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
+        query_t = train_transform(cfg.query_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
+        self.source, self.device = source, device
+        self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
+        self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
+                                 num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=ignore_stop_signals,
+                                 pin_memory=device.type == "cuda", persistent_workers=False,
+                                 prefetch_factor=4 if cfg.num_workers > 0 else None)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.source) // self.sampler.global_batch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        self.sampler.epoch, self.sampler.start_step = epoch, start_step
+        for key, query, labels, bad in self.loader:
+            yield Batch(key.to(self.device, non_blocking=True), query.to(self.device, non_blocking=True),
+                        labels.to(self.device, non_blocking=True), [self.source.files[i] for i in bad])
+
+
+class ImageFiles(Dataset):
+    """(transform(image), label) for each file of a source; eval views and the linear probe's views."""
+
+    def __init__(self, source: Source, transform) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(open_rgb(self.source.files[index])), int(self.source.targets[index])
+        except Exception:  # reported by the main process as one line naming the file (FileBatches._checked)
+            return self.transform(Image.new("RGB", (32, 32), (128, 128, 128))), -1 - index

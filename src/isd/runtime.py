@@ -1,0 +1,101 @@
+"""What every layer may use and nothing of isd above it: the device, the process group, stop signals, atomic and
+checksummed file writes, and path checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import torch
+import torch.distributed as dist
+
+from isd.errors import SettingError
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
+# ----------------------------------------------------------------------------------------------- device, processes
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda -> the device of this process (its LOCAL_RANK's GPU under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingError("{device} cuda asked for, but no CUDA GPU is visible; use {device} cpu (or auto)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Joins the process group when started by torchrun (WORLD_SIZE > 1); (rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """For DataLoader workers (`worker_init_fn`): the main process handles these signals (checkpoint, then stop);
+    a worker killed by the terminal's Ctrl-C, sent to the whole process group, would crash it."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Temporary file in the same folder, fsync, rename: a crash never leaves half a file under the real name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checked(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`write_atomic`, then a `sha256sum -c` sidecar (NAME.sha256), so later corruption is caught on load.
+    OSError (disk full...) leaves no temporary file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, write)
+    line = file_sha256(path).encode() + b"  " + os.fsencode(path.name) + b"\n"  # any file name, as sha256sum
+    write_atomic(checksum_path(path), lambda fh: fh.write(line))
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` can never be used (a name too long for the filesystem, a loop of links...), or None. A path that
+    merely does not exist yet is left to the check that needs it (a data folder, a run folder to create)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    except ValueError as err:  # a NUL byte: a YAML value can hold one, a command line cannot
+        return str(err)
+    return None
