@@ -237,10 +237,15 @@ def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, capsys):
                          "num_workers: 0}\n")
     plan = load_plan(str(plan_file))
     cell = plan.cells("smoke")[0]
-    half = cell.config(tmp_path / "exp" / cell.name)
-    half.epochs = 1  # as if stopped after the first epoch: the checkpoint of epoch 1 is there
+    first = cell.config(tmp_path / "exp" / cell.name)
+
+    def killed_in_epoch_2(setup, epoch, runlog):  # before epoch 2's checkpoint: only epoch 1's is there
+        if epoch == 2:
+            raise KeyboardInterrupt
+
     with single_thread():
-        train(half, log=lambda _: None)
+        with pytest.raises(KeyboardInterrupt):
+            train(first, log=lambda _: None, on_epoch_end=killed_in_epoch_2)
         assert main(["experiment", str(plan_file), "--budget", "smoke", "--out", str(tmp_path / "exp")]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 1" in out
