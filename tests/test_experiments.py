@@ -294,3 +294,24 @@ def test_a_cell_started_with_another_config_is_not_resumed(tmp_path, capsys):
     assert main(["experiment", str(plan_file), "--budget", "smoke", "--out", str(tmp_path / "exp")]) == 2
     err = capsys.readouterr().err
     assert "started with another config (epochs 4 -> 2)" in err and "num_workers" not in err
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+@needs_fmnist
+def test_the_demo_ends_with_its_table_its_curve_and_the_committed_gpu_headline(tmp_path, capsys):
+    argv = ["demo", "--run-dir", str(tmp_path), "--set", "epochs=1", "--set", "width=8", "--set",
+            "max_train_images=512", "--set", "batch_size=128", "--set", "queue_size=512", "--set", "eval_max_images=500"]
+    with single_thread():
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert set(report["floors"]) == {"raw pixels", "random init encoder"}
+    assert f"{report['isd']['20-NN']:6.2f}%" in out  # the table prints what demo.json holds
+    assert "kNN during training" in out and str(tmp_path / "curves.png") in out and (tmp_path / "curves.png").is_file()
+    assert "What longer runs reach" in out and "budget gpu" in out and "NVIDIA H200" in out
+    committed = [json.loads(p.read_text())["metrics"]["knn20"]
+                 for p in (ROOT / "benchmarks/results/experiments/fmnist-balanced-gpu").glob("isd-seed*/result.json")]
+    isd_line = next(line for line in out.splitlines() if line.strip().startswith("ISD "))
+    assert f"{sum(committed) / len(committed):.2f}" in isd_line and f"(n={len(committed)})" in isd_line

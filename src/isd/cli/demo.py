@@ -19,10 +19,13 @@ from isd.data.sources import find_fashion_mnist, load_source
 from isd.eval.features import Encoded, encode, raw_pixels
 from isd.eval.knn import knn_of
 from isd.eval.monitor import knn_monitor
+from isd.experiments.report import headline, load_results
 from isd.methods import build_method
 from isd.train.loop import image_size_and_stem, train
 
 CPU_RECIPE, GPU_RECIPE = "isd-fmnist-demo", "isd-r18-fmnist"
+# the committed results of a clone (absent from an installed wheel): what a longer run reaches
+COMMITTED = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "experiments" / "fmnist-balanced-gpu"
 
 
 def register(sub) -> None:
@@ -75,7 +78,33 @@ def run_demo(args: argparse.Namespace) -> int:
                                                        for k in ("1-NN", "20-NN"))}
     Path(cfg.run_dir, "demo.json").write_text(json.dumps(report, indent=1))
     print_table(report)
+    print_curve(Path(cfg.run_dir))
+    print_committed(COMMITTED)
     return 0
+
+
+def print_curve(run_dir: Path) -> None:
+    """The kNN accuracy after each epoch (the monitor's history), and where its chart is."""
+    path = run_dir / "knn_history.json"
+    if not path.is_file():
+        return
+    history = json.loads(path.read_text())
+    print(f"\nkNN during training ({run_dir / 'curves.png'}; bank and queries capped as the recipe says):")
+    print("epoch  " + "  ".join(f"{k.replace('_', ' '):>14s}" for k in history[0] if k.endswith("nn")))
+    for row in history:
+        print(f"{row['epoch']:5d}  " + "  ".join(f"{v:13.2f}%" for k, v in row.items() if k.endswith("nn")))
+
+
+def print_committed(folder: Path) -> None:
+    """The headline of the committed GPU results, with their budget and machine, beside what ran here."""
+    if not folder.is_dir():
+        return
+    rows = load_results([str(folder)])
+    first = rows[0]
+    print(f"\nWhat longer runs reach (committed results in {folder.relative_to(folder.parents[3])}: budget "
+          f"{first['budget']} = {first['budget_about']}; {first['provenance']['device']}; full test set):")
+    for line in headline(rows):
+        print("  " + line)
 
 
 def print_table(report: dict) -> None:

@@ -84,6 +84,14 @@ def header(plan: str, budget: str, rows: list[dict]) -> str:
             f"{', '.join(torches)}; commit {', '.join(commits)}.{sharing}")
 
 
+def headline(rows: list[dict], methods: tuple[str, ...] = ("isd", "supervised", "raw-pixels")) -> list[str]:
+    """One line per method: its 1-NN and 20-NN over seeds, for a console summary of committed results."""
+    by_method = _by_method(rows)
+    return [f"{display(m):24s} 1-NN {mean_std([c['metrics']['knn1'] for c in by_method[m]]):>14s}   20-NN "
+            f"{mean_std([c['metrics']['knn20'] for c in by_method[m]]):>14s}   (n={len(by_method[m])})"
+            for m in methods if m in by_method]
+
+
 def balanced_table(rows: list[dict]) -> str:
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
