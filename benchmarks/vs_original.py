@@ -26,13 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from isd.data.synthetic import jpeg_folder  # noqa: E402
 from isd.experiments.provenance import code_version, device_name  # noqa: E402
 
 CPU_PATCHES = {
@@ -43,20 +42,6 @@ CPU_PATCHES = {
 }
 # isd's wrappers take the original flags; --device and --seed are isd's own
 COMMON_FLAGS = ["--epochs", "2", "--save_freq", "100", "--print_freq", "1"]
-
-
-def make_folder(root: Path, images: int, classes: int, size: tuple[int, int], seed: int = 0) -> Path:
-    """root/train/<class>/<i>.JPEG: smooth random colour fields with noise (they compress like photos)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    for i in range(images):
-        folder = root / "train" / f"n{i % classes:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = rng.integers(0, 255, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-        noisy = np.asarray(img, dtype=np.int16) + rng.integers(-12, 12, (h, w, 3))
-        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{i:06d}.JPEG", quality=90)
-    return root
 
 
 def run(cmd: list[str], env: dict, log: Path, timeout: int) -> float:
@@ -140,7 +125,7 @@ def main() -> None:
         sys.exit(f"no original code in {args.original} (--original): point it at a clone of the original ISD repo")
     with tempfile.TemporaryDirectory(prefix="isd_vs_original_") as tmp:
         work = Path(tmp)
-        data = args.data or make_folder(work / "data", args.images, args.classes, tuple(args.size))
+        data = args.data or jpeg_folder(work / "data", args.images, args.classes, tuple(args.size))
         runs = []
         for script in args.scripts:
             runs.append(measure(script, args, data, work))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from isd.cli import demo, evaluate, experiments, figures, train
+from isd.cli import bench, demo, evaluate, experiments, figures, train
 from isd.cli.common import OneLineParser, run_guarded
 
-COMMANDS = (train, demo, evaluate, experiments, figures)  # each: register(subparsers) sets `handler`
+COMMANDS = (train, demo, evaluate, experiments, figures, bench)  # each: register(subparsers) sets `handler`
 
 
 def build_parser() -> OneLineParser:

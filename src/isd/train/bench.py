@@ -1,0 +1,110 @@
+"""Training speed, measured on the real training step: compute only, data only, and end to end.
+
+- compute: one batch of the run's own views, made once, then only the step (forwards, loss, backward, SGD, EMA,
+  enqueue, the non-finite guard), as `isd train` runs it;
+- data: only the batches (decoding and augmentation, on the device for in-memory sets), no step;
+- e2e: both, as a training epoch runs.
+Each mode times `steps` steps after `warmup` untimed ones. FLOPs per image are counted once on the real step
+(torch's FlopCounterMode: matrix products and convolutions of the forwards and the backward); beside a GPU
+figure, MFU is the achieved FLOP/s over the chip's dense bf16 (or fp32) peak from its data sheet.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from isd.config import Config
+from isd.data.batches import Batch, batches_of
+from isd.train.loop import EpochRunner, build, use_bf16
+from isd.train.runlog import RunLog
+
+MODES = ("compute", "data", "e2e")
+# dense tensor-core peaks from the vendors' data sheets, FLOP/s (SXM parts)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+PEAK_FP32 = {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "L4": 30.3e12, "A10": 31.2e12}
+
+
+@dataclass
+class Speed:
+    mode: str
+    images_per_s: float
+    seconds: float
+    steps: int
+    batch: int
+
+
+def peak_flops(device: torch.device, bf16: bool) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = PEAK_BF16 if bf16 else PEAK_FP32
+    return next((peak for chip, peak in table.items() if chip in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, work, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        work()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        work()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _endless(loader) -> Iterator[Batch]:
+    epoch = 1
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: int = 5) -> dict:
+    """Speed of `cfg`'s training on its data, one row per mode, plus FLOPs per image and MFU."""
+    with tempfile.TemporaryDirectory(prefix="isd_bench_") as tmp:
+        cfg.run_dir, cfg.resume = tmp, None
+        setup = build(cfg, log=lambda _: None)
+        loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device)
+        runlog = RunLog(setup.run_dir, enabled=False)
+        runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), runlog)
+        setup.model.train()
+        batches = _endless(loader)
+        fixed = next(batches)
+        counter = iter(range(10**12))
+        with FlopCounterMode(display=False) as flops:
+            runner.step(fixed, next(counter))
+        per_image = flops.get_total_flops() / cfg.batch_size
+        work = {"compute": lambda: runner.step(fixed, next(counter)),
+                "data": lambda: next(batches),
+                "e2e": lambda: runner.step(next(batches), next(counter))}
+        rows = []
+        for mode in modes:
+            seconds = _timed(setup.device, work[mode], steps, warmup)
+            rows.append(Speed(mode, round(steps * cfg.batch_size / seconds, 1), round(seconds, 3), steps,
+                              cfg.batch_size))
+        bf16 = use_bf16(cfg, setup.device)
+        peak = peak_flops(setup.device, bf16)
+        out = []
+        for row in rows:
+            entry = asdict(row)
+            if row.mode != "data":
+                achieved = row.images_per_s * per_image
+                entry["tflops"] = round(achieved / 1e12, 2)
+                entry["mfu"] = round(achieved / peak, 4) if peak else None
+            out.append(entry)
+        return {"method": cfg.method, "arch": cfg.arch, "width": cfg.width, "image_size": setup.size,
+                "batch": cfg.batch_size, "data": setup.source.name, "precision": "bf16" if bf16 else "fp32",
+                "channels_last": runner.memory_format == torch.channels_last,
+                "gflops_per_image": round(per_image / 1e9, 3), "peak_tflops": peak / 1e12 if peak else None,
+                "rows": out}

@@ -1,0 +1,70 @@
+"""`isd bench`: the three modes run the real step, FLOPs per image are the step's, MFU uses the chip's peak."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from isd.cli.main import main
+from isd.config import build_config
+from isd.data.synthetic import jpeg_folder
+from isd.methods import build_method
+from isd.train import bench as bench_module
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_synthetic_folder_has_photo_sized_jpegs_and_is_reused(tmp_path):
+    jpeg_folder(tmp_path, 6, classes=3, size=(50, 40))
+    files = sorted((tmp_path / "train").rglob("*.JPEG"))
+    assert len(files) == 6 and len({f.parent for f in files}) == 3
+    with Image.open(files[0]) as img:
+        assert img.size == (50, 40) and img.format == "JPEG"
+    stamp = files[0].stat().st_mtime_ns
+    jpeg_folder(tmp_path, 6, classes=3, size=(50, 40))
+    assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1",
+            "--synthetic-images", "32", "--set", "num_workers=0", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["torch"] == torch.__version__ and result["device"].startswith("CPU")
+    (row,) = result["results"]
+    assert [r["mode"] for r in row["rows"]] == ["compute", "data", "e2e"]
+    assert all(r["images_per_s"] > 0 and r["steps"] == 2 and r["batch"] == 8 for r in row["rows"])
+    assert all(r["mfu"] is None for r in row["rows"] if r["mode"] != "data")  # no peak for a CPU
+    # the step's FLOPs: student forward + backward (about 3 forwards) and the teacher's forward, per image
+    cfg = build_config(None, {"width": 8, "data": "x", "image_size": 32, "batch_size": 8, "queue_size": 16})
+    net = build_method(cfg, in_channels=3, stem="small").encoder_q.eval()  # auto: 3x3 stem below 64 px
+    with FlopCounterMode(display=False) as one:
+        net(torch.randn(2, 3, 32, 32))
+    assert 3.5 < row["gflops_per_image"] * 1e9 / (one.get_total_flops() / 2) < 4.5
+    printed = capsys.readouterr().out
+    assert "compute" in printed and "e2e" in printed and f"wrote {out}" in printed
+
+
+def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert bench_module.peak_flops(torch.device("cuda"), bf16=True) == 989e12
+    assert bench_module.peak_flops(torch.device("cuda"), bf16=False) == 67e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some Unknown GPU")
+    assert bench_module.peak_flops(torch.device("cuda"), bf16=True) is None
+    assert bench_module.peak_flops(torch.device("cpu"), bf16=True) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--steps", "0"], "--steps must be in"),
+    (["bench", "--out", "/no/such/folder/b.json"], "its folder does not exist"),
+    (["bench", "--batch", "1"], "batch"),
+])
+def test_bench_refuses_bad_values_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
