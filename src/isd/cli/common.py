@@ -4,6 +4,7 @@ and the one way a command line's flags become settings (config keys) and setting
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,9 @@ def run_guarded(fn: Callable[[], int], prog: str, name: Callable[[str], str] = t
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `isd ... | head` closed the pipe: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def set_flag(key: str) -> str:
