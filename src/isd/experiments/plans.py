@@ -10,7 +10,11 @@ A plan (shipped in `isd/plans/NAME.yaml`, or any YAML file) has:
     seeds: [0, 1, 2]
     draws: [1, 2]                  # optional: unbalanced draws (config key `draw`)
     budgets:
-      NAME: {about: text, seeds: [..], draws: [..], set: {..}}
+      NAME: {about: text, seeds: [..], draws: [..], set: {..}, eval_images: N}
+
+`eval_images` caps the bank and the queries of each cell's final evaluation at N images (a quick check of the
+machinery); without it the final evaluation uses all of them, whatever `eval_max_images` does for the
+per-epoch curve.
 
 A cell's config: the method's recipe, then the plan's `set`, the method's `set`, the budget's `set`, and last
 its seed, draw and run folder.
@@ -42,6 +46,7 @@ class Cell:
     recipe: str | None
     floor: str | None
     values: dict[str, Any] = field(default_factory=dict)  # config values after the recipe, in order
+    eval_images: int = 0  # cap of the final evaluation's bank and queries (0 = all)
 
     @property
     def name(self) -> str:
@@ -92,7 +97,7 @@ class Plan:
                         continue
                     values = {**self.common, **entry.get("set", {}), **spec.get("set", {})}
                     out.append(Cell(self.name, budget, method, int(seed), draw, entry.get("recipe"),
-                                    entry.get("floor"), values))
+                                    entry.get("floor"), values, int(spec.get("eval_images", 0))))
         return out
 
 
@@ -146,7 +151,11 @@ def _check(plan: Plan, origin: str) -> None:
             raise UsageError(f"plan {origin}, method '{name}': unknown keys {unknown} (use recipe, set, floor, seeds)")
         if entry.get("floor") not in (None, *FLOORS):
             raise UsageError(f"plan {origin}, method '{name}': floor must be one of {', '.join(FLOORS)}")
-    for budget in plan.budgets:
+    for budget, spec in plan.budgets.items():
+        unknown = sorted(set(spec) - {"about", "seeds", "draws", "set", "eval_images"})
+        if unknown:
+            raise UsageError(f"plan {origin}, budget '{budget}': unknown keys {unknown} "
+                             f"(use about, seeds, draws, set, eval_images)")
         for cell in plan.cells(budget):
             try:
                 cell.config(Path("runs/check"), data="check")

@@ -54,6 +54,13 @@ def groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return dict(sorted(out.items()))
 
 
+def train_seconds(train: dict) -> float:
+    """Training time of a cell; one resumed after a stop counts from its first start (the kNN curve's clock runs
+    on from the checkpoint, the resumed process's own clock only since the resume)."""
+    history = train.get("history") or []
+    return max(train["seconds"], history[-1]["seconds"] if history else 0.0)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
@@ -101,7 +108,7 @@ def balanced_table(rows: list[dict]) -> str:
     for method in sorted(by_method, key=method_order):
         cells = by_method[method]
         scores = [mean_std([c["metrics"][key] for c in cells]) for key, _ in METRICS]
-        times = [c["train"]["seconds"] for c in cells if c.get("train")]
+        times = [train_seconds(c["train"]) for c in cells if c.get("train")]
         speeds = [c["train"]["images_per_s"] for c in cells if c.get("train") and c["train"].get("images_per_s")]
         time_text = f"{statistics.mean(times) / 60:.1f} min" if times else "–"
         speed_text = f"{statistics.mean(speeds):,.0f}" if speeds else "–"

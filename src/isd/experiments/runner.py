@@ -113,7 +113,7 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     cfg = cell.config(run_dir, data)
     cfg.device = device_name if device_name != "auto" else cfg.device
     check_same_config(run_dir, cfg)
-    bank, queries = capped_sets(*evaluation_sets(cfg, plan.queries), cfg.eval_max_images)
+    bank, queries = capped_sets(*evaluation_sets(cfg, plan.queries), cell.eval_images)
     device = resolve_device(cfg.device)
     train_info: dict = {}
     encoded: Encoded
@@ -178,8 +178,11 @@ def training_summary(run_dir: Path, cfg, images: int, seconds: float) -> dict:
     windows = [r for r in rows if r.get("kind") == "train" and "images_per_s" in r]
     steady = windows[1:] or windows  # the first window holds the warm-up
     history_path = run_dir / "knn_history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    # a resumed cell: the curve's clock runs on from the checkpoint, this process's clock only since the resume
+    seconds = max(seconds, history[-1]["seconds"] if history else 0.0)
     return {"images": images, "epochs": cfg.epochs, "steps_per_epoch": images // cfg.batch_size,
             "seconds": round(seconds, 1),
             "images_per_s": round(sum(r["images_per_s"] for r in steady) / len(steady), 1) if steady else None,
             "final_loss": windows[-1]["loss"] if windows else None,
-            "history": json.loads(history_path.read_text()) if history_path.is_file() else []}
+            "history": history}
