@@ -22,7 +22,7 @@ from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_s
 from isd.errors import UsageError
 from isd.experiments.plans import load_plan, select
 from isd.experiments.provenance import provenance
-from isd.experiments.report import readme_blocks, report
+from isd.experiments.report import readme_blocks, report, train_seconds
 from isd.experiments.runner import Claim, read_result, run_cells
 from isd.methods import Supervised, build_method
 from isd.train.loop import train
@@ -120,6 +120,7 @@ def test_shipped_plans_expand_to_their_grids():
     assert [c.seed for c in gpu[:7]] == [0] * 7  # seeds outermost: a partial run fills whole seeds
     isd = gpu[0].config(Path("runs/x"))
     assert (isd.method, isd.epochs, isd.seed, isd.blur_prob) == ("isd", 20, 0, 0.0)
+    assert gpu[0].eval_images == 0 and balanced.cells("smoke")[0].eval_images == 500  # 0: the whole test set
     unbalanced = load_plan("fmnist-unbalanced")
     cells = unbalanced.cells("gpu")
     assert len(cells) == 10 and {c.draw for c in cells} == {1, 2, 3, 4, 5}
@@ -149,6 +150,7 @@ def test_only_and_shard_pick_parts_of_the_grid():
     ("methods: {isd: {floor: pixels}}\nbudgets: {smoke: {}}", "floor must be"),
     ("methods: {isd: {recipe: no-such-recipe}}\nbudgets: {smoke: {}}", "unknown recipe"),
     ("budgets: {smoke: {}}", "needs a 'methods'"),
+    ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {eval_max: 5}}", "budget 'smoke': unknown keys"),
     ("methods: {isd: {}}\nqueries: train\nbudgets: {smoke: {}}", "queries must be"),
     ("methods: [", "not valid YAML"),
 ])
@@ -234,7 +236,7 @@ def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, capsys):
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets:\n  smoke:\n    set: {epochs: 2, "
                          "width: 8, batch_size: 128, queue_size: 256, max_train_images: 256, eval_max_images: 300, "
-                         "num_workers: 0}\n")
+                         "num_workers: 0}\n    eval_images: 300\n")
     plan = load_plan(str(plan_file))
     cell = plan.cells("smoke")[0]
     first = cell.config(tmp_path / "exp" / cell.name)
@@ -269,6 +271,13 @@ def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_fi
             f"{doc} block for {folders} is stale: run `isd report --readme {doc}`"
         for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", body):
             assert ((ROOT / doc).parent / link).is_file(), f"{doc}: {link} does not exist"
+
+
+def test_a_resumed_cells_train_time_counts_from_its_first_start():
+    # the resumed process ran 40 s; the kNN curve's clock, carried in the checkpoint's folder, says 300 s in all
+    resumed = {"seconds": 40.0, "history": [{"epoch": 1, "seconds": 150.0}, {"epoch": 2, "seconds": 300.0}]}
+    assert train_seconds(resumed) == 300.0
+    assert train_seconds({"seconds": 40.0, "history": []}) == 40.0
 
 
 def test_report_regenerates_readme_blocks_in_place(tmp_path, monkeypatch):

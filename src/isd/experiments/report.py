@@ -61,6 +61,15 @@ def train_seconds(train: dict) -> float:
     return max(train["seconds"], history[-1]["seconds"] if history else 0.0)
 
 
+def grid_minutes(rows: list[dict]) -> float:
+    """Training and evaluation of every cell, as if run one after another (a resumed cell counts whole)."""
+    seconds = 0.0
+    for r in rows:
+        trained = train_seconds(r["train"]) if r.get("train") else 0.0
+        seconds += max(r["seconds"], trained + r["eval"].get("seconds", 0.0))
+    return seconds / 60
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
@@ -84,8 +93,10 @@ def header(plan: str, budget: str, rows: list[dict]) -> str:
     cfg = rows[0]["config"]
     queries = "the held-out validation split" if rows[0]["queries"] == "holdout" else "the test split"
     shared = max(r["provenance"].get("concurrent_cells", 1) for r in rows)
-    sharing = f" Train time and images/s are per cell, with up to {shared} cells sharing the device." \
-        if shared > 1 else ""
+    if shared > 1:
+        sharing = f" Train time and images/s are per cell, with up to {shared} cells sharing the device."
+    else:
+        sharing = f" Wall time of these {len(rows)} cells, one after another: {grid_minutes(rows):.0f} min."
     return (f"**{plan}**, budget `{budget}`" + (f" ({about})" if about else "") + f": {cfg['arch']}, "
             f"{cfg['dataset']}; accuracy in % on {queries}. Machine: {'; '.join(devices)}; torch "
             f"{', '.join(torches)}; commit {', '.join(commits)}.{sharing}")
