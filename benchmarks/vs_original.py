@@ -10,7 +10,8 @@ On a machine without a GPU the original cannot run as written (it calls `.cuda()
 `sitecustomize.py` on the original's PYTHONPATH that makes the CUDA calls no-ops, and lists those patches in the
 output. Nothing of the original is imported here or copied into the project.
 
-    python benchmarks/vs_original.py --images 320 --batch 32 --workers 2 --out benchmarks/results/vs_original_cpu.json
+    python benchmarks/vs_original.py --images 320 --batch 32 --workers 2 --repeat 2 \
+        --out benchmarks/results/vs_original_cpu.json
     python benchmarks/vs_original.py --scripts train_isd.py train_byol.py --images 12800 --batch 256 --workers 16
 """
 
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,12 +73,13 @@ def isd_epoch_seconds(run_dir: Path, batch: int) -> float:
 
 
 def measure(script: str, args, data: Path, work: Path) -> dict:
+    """Each side `--repeat` times, alternating which goes first (so a drift in the machine's speed, e.g. another
+    tenant's load on a VM, falls on both); images/s is the median of each side's runs."""
     images = (args.images // args.batch) * args.batch  # drop_last: the images an epoch trains on
     flags = [str(data), *COMMON_FLAGS, "--batch_size", str(args.batch), "--num_workers", str(args.workers),
              "--arch", args.arch, "--queue_size", str(args.queue)]
     if script == "train_isd_plus.py":
         flags += ["--augmentation", "weak/strong"]
-    out: dict = {"script": script, "images_per_epoch": images}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     original_env = dict(env)
     patches = []
@@ -86,21 +89,41 @@ def measure(script: str, args, data: Path, work: Path) -> dict:
         (patch_dir / "sitecustomize.py").write_text("import torch\n" + "\n".join(CPU_PATCHES.values()) + "\n")
         original_env["PYTHONPATH"] = os.pathsep.join([str(patch_dir), env.get("PYTHONPATH", "")])
         patches = list(CPU_PATCHES)
-    original_dir = work / f"original_{script[:-3]}"
-    seconds = run([sys.executable, str(args.original / script), *flags, "--checkpoint_path", str(original_dir)],
-                  original_env, work / f"original_{script}.log", args.timeout)
-    epoch = original_epoch_seconds(work / f"original_{script}.log")
-    out["original"] = {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
-                       "wall_seconds": round(seconds, 1), "patches": patches}
-    ours_dir = work / f"isd_{script[:-3]}"
-    extra = ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    seconds = run([sys.executable, str(ROOT / script), *flags, "--checkpoint_path", str(ours_dir), *extra,
-                   *args.isd_flags], env, work / f"isd_{script}.log", args.timeout)
-    epoch = isd_epoch_seconds(ours_dir, args.batch)
-    out["isd"] = {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
-                  "wall_seconds": round(seconds, 1), "extra_flags": [*extra, *args.isd_flags]}
+    extra = ["--device", "cuda" if torch.cuda.is_available() else "cpu", *isd_sets(args)]
+
+    def original(i: int) -> dict:
+        run_dir, log = work / f"original_{script[:-3]}_{i}", work / f"original_{script}_{i}.log"
+        seconds = run([sys.executable, str(args.original / script), *flags, "--checkpoint_path", str(run_dir)],
+                      original_env, log, args.timeout)
+        epoch = original_epoch_seconds(log)
+        return {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
+                "wall_seconds": round(seconds, 1)}
+
+    def ours(i: int) -> dict:
+        run_dir = work / f"isd_{script[:-3]}_{i}"
+        seconds = run([sys.executable, str(ROOT / script), *flags, "--checkpoint_path", str(run_dir), *extra],
+                      env, work / f"isd_{script}_{i}.log", args.timeout)
+        epoch = isd_epoch_seconds(run_dir, args.batch)
+        return {"epoch2_seconds": round(epoch, 2), "images_per_s": round(images / epoch, 2),
+                "wall_seconds": round(seconds, 1)}
+
+    runs: dict[str, list[dict]] = {"original": [], "isd": []}
+    for i in range(args.repeat):
+        order = [("original", original), ("isd", ours)]
+        for side, fn in (order if i % 2 == 0 else order[::-1]):
+            runs[side].append(fn(i))
+            print(f"{script} {side} run {i + 1}: {runs[side][-1]['images_per_s']} images/s", flush=True)
+    out: dict = {"script": script, "images_per_epoch": images}
+    for side in ("original", "isd"):
+        out[side] = {"images_per_s": statistics.median(r["images_per_s"] for r in runs[side]), "runs": runs[side]}
+    out["original"]["patches"] = patches
+    out["isd"]["extra_flags"] = extra
     out["ratio"] = round(out["isd"]["images_per_s"] / out["original"]["images_per_s"], 3)
     return out
+
+
+def isd_sets(args: argparse.Namespace) -> list[str]:
+    return ["--amp", args.isd_amp] if args.isd_amp else []
 
 
 def main() -> None:
@@ -116,8 +139,9 @@ def main() -> None:
     ap.add_argument("--queue", type=int, default=256, help="queue size (a multiple of the batch)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--isd-flags", nargs="*", default=[], help="extra flags for isd's runs, e.g. --set amp=bf16")
+    ap.add_argument("--isd-amp", choices=["auto", "bf16", "off"], help="isd's --amp (the original has only fp32)")
     ap.add_argument("--data", type=Path, help="an existing ImageFolder to use instead of a synthetic one")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating which goes first")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--out", type=Path, help="JSON file for the result (default: print only)")
     args = ap.parse_args()
@@ -135,7 +159,8 @@ def main() -> None:
               "python": platform.python_version(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "setup": {"images": args.images, "image_size": list(args.size), "batch": args.batch,
                         "workers": args.workers, "arch": args.arch, "queue": args.queue,
-                        "measured": "the second epoch's step loop (data wait included), from each one's log"},
+                        "measured": "the second epoch's step loop (data wait included), from each one's log; "
+                                    f"median of {args.repeat} run(s) per side"},
               "runs": runs}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

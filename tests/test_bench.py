@@ -48,6 +48,27 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     assert 3.5 < row["gflops_per_image"] * 1e9 / (one.get_total_flops() / 2) < 4.5
     printed = capsys.readouterr().out
     assert "compute" in printed and "e2e" in printed and f"wrote {out}" in printed
+    # the committed file becomes a table of `isd report` (and so a checked README block)
+    assert main(["report", str(out)]) == 0
+    table = capsys.readouterr().out
+    e2e = next(r for r in row["rows"] if r["mode"] == "e2e")
+    assert f"| isd | resnet18 (width 8) | 32 | 8 | fp32 | e2e | {e2e['images_per_s']:,.1f} |" in table
+    assert result["device"] in table and torch.__version__ in table
+
+
+def test_report_renders_a_side_by_side_file_with_its_ratio_and_setup(tmp_path, capsys):
+    run = {"script": "train_isd.py", "original": {"images_per_s": 8.87, "runs": [{"images_per_s": 8.87}]},
+           "ratio": 1.712, "isd": {"images_per_s": 15.19, "runs": [{"images_per_s": 15.19}],
+                                   "extra_flags": ["--amp", "bf16"]}}
+    data = {"commit": "abc", "dirty": False, "torch": "2.x", "device": "CPU (2 cores)", "command": "vs_original.py",
+            "setup": {"images": 320, "image_size": [500, 375], "batch": 32, "workers": 2, "arch": "resnet18",
+                      "measured": "the second epoch"}, "runs": [run]}
+    path = tmp_path / "vs.json"
+    path.write_text(json.dumps(data))
+    assert main(["report", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "| train_isd.py | 8.87 | 15.19 | 1.71× | 8.87; 15.19 | `--amp bf16` |" in table
+    assert "320 JPEGs of 500×375 px, batch 32, 2 workers" in table and "CPU (2 cores)" in table
 
 
 def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):

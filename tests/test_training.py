@@ -175,6 +175,7 @@ def test_original_flags_map_onto_config():
     both = legacy_config("train_isd_plus.py", ["D", "--temp", "0.07", "--temp_s", "0.3"])
     assert both.temp_student == 0.3  # --temp_s wins over --temp
     assert legacy_config("train_isd.py", ["D"]).schedule == "step"
+    assert legacy_config("train_isd.py", ["D", "--amp", "bf16"]).amp == "bf16"  # isd's own addition
 
 
 @pytest.mark.parametrize("script, argv, schedule", [
@@ -392,6 +393,18 @@ def test_amp_setting_decides_backbone_precision_on_cpu(amp, expected, image_root
     monkeypatch.setattr(loop, "build_method", build_and_watch)
     run(tiny_values(image_root, tmp_path / "run", epochs=1, amp=amp))
     assert seen and set(seen) == {expected}
+
+
+@pytest.mark.parametrize("native, amp, device, warns", [
+    (False, "bf16", "cpu", True), (True, "bf16", "cpu", False), (False, "off", "cpu", False),
+    (False, "auto", "cpu", False), (False, "bf16", "cuda", False)])
+def test_bf16_on_a_cpu_without_native_bf16_is_named_as_slow(native, amp, device, warns, monkeypatch):
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    cfg = build_config(None, {"data": "D", "amp": amp})
+    warning = loop.slow_bf16_warning(cfg, torch.device(device))
+    assert (warning is not None) == warns
+    if warns:
+        assert "amp=off" in warning and "AVX512-BF16" in warning
 
 
 def test_imagenet100_keeps_the_spec_classes(tmp_path):

@@ -52,11 +52,12 @@ def register(sub) -> None:
         "report", help="markdown tables and PNG charts from experiment folders",
         description="Read every result.json under the EXPDIRs and print markdown tables (mean ± std over seeds, n "
         "shown; per draw for unbalanced plans); write charts (accuracy per method, per class or rare classes, kNN "
-        "against epoch and wall time) and report.md into each experiment folder.",
+        "against epoch and wall time) and report.md into each experiment folder. A .json file of `isd bench --out` "
+        "or benchmarks/vs_original.py --out is printed as a speed table.",
         epilog="examples:\n  isd report runs/experiments/fmnist-balanced-smoke\n"
         "  isd report --readme README.md     # regenerate the README's generated result blocks",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("folders", metavar="EXPDIR", nargs="*", help="experiment folders")
+    r.add_argument("folders", metavar="EXPDIR", nargs="*", help="experiment folders (or speed .json files)")
     r.add_argument("--readme", metavar="FILE", help="regenerate the blocks between `<!-- begin: isd report "
                    "EXPDIR... -->` and `<!-- end: isd report -->` in FILE instead")
     r.set_defaults(handler=run_report, flags=Flags(r))

@@ -90,7 +90,7 @@ def draw_neighbours(rows: NeighbourRows, source: Source, path, title: str) -> No
         for c, (view, label) in enumerate(cells):
             _show(axes[r][c], display(view, source), label, gray)
         for j in range(top):
-            label = (f"p={rows.teacher_p[r, j]:.2f} (s {rows.student_p[r, j]:.2f})\n"
+            label = (f"p {rows.teacher_p[r, j]:.1%} (s {rows.student_p[r, j]:.1%})\n"
                      f"{source.classes[int(rows.anchor_labels[r, j])]}")
             _show(axes[r][2 + j], display(rows.anchor_views[r, j], source), label, gray)
         ax = axes[r][cols - 1]

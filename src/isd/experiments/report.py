@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from isd.errors import UsageError
+from isd.experiments.speed import is_speed_file, speed_markdown
 from isd.plots import pyplot
 
 NAMES = {"isd": "ISD", "isd-plus": "ISD+", "byol": "BYOL-asym", "moco": "MoCo-v2",
@@ -326,7 +327,12 @@ BEGIN, END = "<!-- begin: isd report", "<!-- end: isd report -->"
 
 def report(folders: list[str], write: bool = True, link_from: Path | None = None) -> str:
     """The markdown for these folders; with `write`, also the charts and a report.md in each group's folder.
-    Chart links are relative to `link_from` (the folder of the file they go in), else to the working folder."""
+    Chart links are relative to `link_from` (the folder of the file they go in), else to the working folder.
+    A `.json` file among them is a speed measurement (`isd bench --out`, vs_original.py): its table follows."""
+    speed = [speed_markdown(f) for f in folders if is_speed_file(f)]
+    folders = [f for f in folders if not is_speed_file(f)]
+    if not folders:
+        return "\n".join(speed)
     results = load_results(folders)
     chart_dirs, links = {}, {}
     for key, rows in groups(results).items():
@@ -340,7 +346,7 @@ def report(folders: list[str], write: bool = True, link_from: Path | None = None
         for folder in set(chart_dirs.values()):
             mine = [r for r in results if Path(r["_dir"]).parent == folder or Path(r["_dir"]) == folder]
             (folder / "report.md").write_text(markdown(mine, {k: "." for k in chart_dirs}))
-    return text
+    return "\n".join([text, *speed])
 
 
 def common_parent(dirs: list[str]) -> str:

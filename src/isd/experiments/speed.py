@@ -1,0 +1,61 @@
+"""Markdown tables of committed speed measurements: `isd bench --out FILE` and `benchmarks/vs_original.py --out FILE`.
+
+`isd report FILE.json` renders them, and a README block `<!-- begin: isd report FILE.json -->` is regenerated
+and checked like the experiment tables, so every speed figure in the docs has its file behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def is_speed_file(path: str) -> bool:
+    return path.endswith(".json") and Path(path).is_file()
+
+
+def speed_markdown(path: str) -> str:
+    data = json.loads(Path(path).read_text())
+    if "runs" in data:
+        return _versus_original(data)
+    if "results" in data:
+        return _bench(data)
+    raise ValueError(f"{path}: neither an `isd bench --out` file nor a vs_original.py result")
+
+
+def _machine(data: dict) -> str:
+    commit = (data.get("commit") or "unknown")[:10] + ("+dirty" if data.get("dirty") else "")
+    return f"Machine: {data['device']}; torch {data['torch']}; commit {commit}; `{data['command']}`."
+
+
+def _bench(data: dict) -> str:
+    lines = ["| method | arch | size | batch | precision | mode | images/s | TFLOP/s | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for cfg in data["results"]:
+        arch = cfg["arch"] + (f" (width {cfg['width']})" if cfg.get("width", 64) != 64 else "")
+        precision = cfg["precision"] + (" + channels_last" if cfg.get("channels_last") else "")
+        for row in cfg["rows"]:
+            tflops = f"{row['tflops']:.2f}" if row.get("tflops") is not None else "–"
+            mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "–"
+            lines.append(f"| {cfg['method']} | {arch} | {cfg['image_size']} | {cfg['batch']} | {precision} | "
+                         f"{row['mode']} | {row['images_per_s']:,.1f} | {tflops} | {mfu} |")
+    about = ("`isd bench`: compute = the training step on one fixed batch; data = decoding and augmentation only; "
+             "e2e = both, as training runs. MFU against the chip's dense peak (GPU only).")
+    return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
+
+
+def _versus_original(data: dict) -> str:
+    setup = data["setup"]
+    lines = ["| script | original images/s | isd images/s | isd / original | each run (original; isd) "
+             "| isd's extra flags |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for run in data["runs"]:
+        flags = " ".join(run["isd"].get("extra_flags") or []) or "–"
+        each = "; ".join(", ".join(f"{r['images_per_s']:.2f}" for r in run[side].get("runs", []))
+                         for side in ("original", "isd"))
+        lines.append(f"| {run['script']} | {run['original']['images_per_s']:,.2f} | {run['isd']['images_per_s']:,.2f} "
+                     f"| {run['ratio']:.2f}× | {each if each.strip('; ') else '–'} | `{flags}` |")
+    size = "×".join(str(s) for s in setup["image_size"])
+    about = (f"The original code and isd side by side: {setup['arch']}, {setup['images']} JPEGs of {size} px, "
+             f"batch {setup['batch']}, {setup['workers']} workers; {setup['measured']}.")
+    return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
