@@ -1,4 +1,5 @@
-"""Markdown tables of committed speed measurements: `isd bench --out FILE` and `benchmarks/vs_original.py --out FILE`.
+"""Markdown tables of committed speed measurements: `isd bench --out FILE`, `benchmarks/vs_original.py --out FILE`
+and `benchmarks/cpu_bf16.py --out FILE`.
 
 `isd report FILE.json` renders them, and a README block `<!-- begin: isd report FILE.json -->` is regenerated
 and checked like the experiment tables, so every speed figure in the docs has its file behind it.
@@ -18,9 +19,11 @@ def speed_markdown(path: str) -> str:
     data = json.loads(Path(path).read_text())
     if "runs" in data:
         return _versus_original(data)
+    if "native_bf16" in data:
+        return _cpu_bf16(data)
     if "results" in data:
         return _bench(data)
-    raise ValueError(f"{path}: neither an `isd bench --out` file nor a vs_original.py result")
+    raise ValueError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
 
 
 def _machine(data: dict) -> str:
@@ -58,4 +61,14 @@ def _versus_original(data: dict) -> str:
     size = "×".join(str(s) for s in setup["image_size"])
     about = (f"The original code and isd side by side: {setup['arch']}, {setup['images']} JPEGs of {size} px, "
              f"batch {setup['batch']}, {setup['workers']} workers; {setup['measured']}.")
+    return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
+
+
+def _cpu_bf16(data: dict) -> str:
+    setup = data["setup"]
+    lines = ["| layout | precision | images/s |", "| --- | --- | --- |"]
+    lines += [f"| {r['layout']} | {r['precision']} | {r['images_per_s']:,.2f} |" for r in data["rows"]]
+    about = (f"{setup['arch']} {setup['measured']}, batch {setup['batch']} at {setup['size']} px; native bf16 "
+             f"(AVX512-BF16 or AMX): {'yes' if data['native_bf16'] else 'no'}, torch's CPU capability "
+             f"{data['cpu_capability']}.")
     return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
