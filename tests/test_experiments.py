@@ -110,6 +110,12 @@ def test_supervised_training_learns_and_checkpoints_like_the_other_methods(image
 # ------------------------------------------------------------------------------------------ plans
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "plans").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_committed_sweep_plans_load(path):
+    plan = load_plan(str(path))  # every cell's config resolves
+    assert plan.queries == "holdout"  # sweeps choose recipes on the validation split, never on test
+
+
 def test_shipped_plans_expand_to_their_grids():
     balanced = load_plan("fmnist-balanced")
     assert [c.name for c in balanced.cells("smoke")] == [
