@@ -89,3 +89,14 @@ def test_bench_refuses_bad_values_in_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "is not a readable JSON file"),
+                                              ('{"rows": []}', "not a result of `isd bench --out`"),
+                                              ("[1, 2]", "not a result of `isd bench --out`")])
+def test_report_refuses_a_json_file_that_is_no_speed_result_in_one_line(content, message, tmp_path, capsys):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err

@@ -157,6 +157,7 @@ def test_only_and_shard_pick_parts_of_the_grid():
     ("methods: {isd: {recipe: no-such-recipe}}\nbudgets: {smoke: {}}", "unknown recipe"),
     ("budgets: {smoke: {}}", "needs a 'methods'"),
     ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {eval_max: 5}}", "budget 'smoke': unknown keys"),
+    ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {eval_images: many}}", "eval_images must be"),
     ("methods: {isd: {}}\nqueries: train\nbudgets: {smoke: {}}", "queries must be"),
     ("methods: [", "not valid YAML"),
 ])

@@ -156,6 +156,10 @@ def _check(plan: Plan, origin: str) -> None:
         if unknown:
             raise UsageError(f"plan {origin}, budget '{budget}': unknown keys {unknown} "
                              f"(use about, seeds, draws, set, eval_images)")
+        images = spec.get("eval_images", 0)
+        if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+            raise UsageError(f"plan {origin}, budget '{budget}': eval_images must be a whole number ≥ 0 "
+                             f"(0 = all), got {images!r}")
         for cell in plan.cells(budget):
             try:
                 cell.config(Path("runs/check"), data="check")

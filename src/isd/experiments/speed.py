@@ -10,20 +10,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from isd.errors import UsageError
+
 
 def is_speed_file(path: str) -> bool:
     return path.endswith(".json") and Path(path).is_file()
 
 
 def speed_markdown(path: str) -> str:
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} is not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
     if "runs" in data:
         return _versus_original(data)
     if "native_bf16" in data:
         return _cpu_bf16(data)
     if "results" in data:
         return _bench(data)
-    raise ValueError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
+    raise UsageError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
 
 
 def _machine(data: dict) -> str:
