@@ -24,6 +24,7 @@ from isd.eval.monitor import knn_monitor
 from isd.experiments.evaluate import metrics
 from isd.experiments.plans import Cell, Plan
 from isd.experiments.provenance import provenance
+from isd.experiments.report import train_seconds
 from isd.methods import build_method
 from isd.runtime import resolve_device, write_atomic
 from isd.train.loop import image_size_and_stem, train
@@ -182,10 +183,8 @@ def training_summary(run_dir: Path, cfg, images: int, seconds: float) -> dict:
     steady = windows[1:] or windows  # the first window holds the warm-up
     history_path = run_dir / "knn_history.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    # a resumed cell: the curve's clock runs on from the checkpoint, this process's clock only since the resume
-    seconds = max(seconds, history[-1]["seconds"] if history else 0.0)
     return {"images": images, "epochs": cfg.epochs, "steps_per_epoch": images // cfg.batch_size,
-            "seconds": round(seconds, 1),
+            "seconds": round(train_seconds({"seconds": seconds, "history": history}), 1),
             "images_per_s": round(sum(r["images_per_s"] for r in steady) / len(steady), 1) if steady else None,
             "final_loss": windows[-1]["loss"] if windows else None,
             "history": history}
