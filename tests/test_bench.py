@@ -32,7 +32,8 @@ def test_synthetic_folder_has_photo_sized_jpegs_and_is_reused(tmp_path):
 def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1",
-            "--synthetic-images", "32", "--set", "num_workers=0", "--device", "cpu", "--out", str(out)]
+            "--synthetic-images", "32", "--set", "num_workers=0", "--device", "cpu", "--set", "amp=off",
+            "--set", "channels_last=off", "--out", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["torch"] == torch.__version__ and result["device"].startswith("CPU")
@@ -52,8 +53,32 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
     e2e = next(r for r in row["rows"] if r["mode"] == "e2e")
-    assert f"| isd | resnet18 (width 8) | 32 | 8 | fp32 | e2e | {e2e['images_per_s']:,.1f} |" in table
+    assert row["pipeline"] == "workers" and row["compile"] == "off" and row["first_step_seconds"] > 0  # CPU: auto
+    assert f"| isd | resnet18 (width 8) | 32 | 8 | fp32 | workers | off | e2e | {e2e['images_per_s']:,.1f} |" in table
     assert result["device"] in table and torch.__version__ in table
+
+
+def test_vary_adds_a_dimension_per_key(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "1", "--warmup", "0",
+            "--synthetic-images", "16", "--set", "num_workers=0", "--modes", "compute", "--device", "cpu",
+            "--vary", "amp=off,bf16", "--vary", "channels_last=off,on", "--out", str(out)]
+    assert main(argv) == 0
+    got = [(r["precision"], r["channels_last"]) for r in json.loads(out.read_text())["results"]]
+    assert got == [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+    assert main(["bench", "--vary", "amp", "--device", "cpu"]) == 2
+    assert "--vary expects KEY=V1,V2" in capsys.readouterr().err
+
+
+def test_bench_measures_the_device_pipeline_of_a_folder(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1",
+            "--synthetic-images", "32", "--set", "num_workers=0", "--set", "data_pipeline=device", "--modes", "data",
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["pipeline"] == "device" and row["rows"][0]["mode"] == "data" and row["rows"][0]["images_per_s"] > 0
+    assert " device " in capsys.readouterr().out
 
 
 def test_report_renders_a_side_by_side_file_with_its_ratio_and_setup(tmp_path, capsys):

@@ -313,13 +313,14 @@ def flag_args(draw, parser: argparse.ArgumentParser, focus: str) -> list[str]:
 
 def _set_value(key: str) -> st.SearchStrategy[str]:
     """A value for `--set KEY=`: mostly of the key's type and in range, else wrong-typed or out of range."""
-    from isd.config import AUGMENTATIONS, FIELDS, METHODS, ARCHS, DATASETS
+    from isd.config import AUGMENTATIONS, COMPILE_MODES, FIELDS, METHODS, ARCHS, DATASETS
 
     default = FIELDS[key].default
     choices = {"method": METHODS, "arch": ARCHS, "dataset": DATASETS, "stem": ("auto", "imagenet", "small"),
                "augmentation": [f"{a}/{b}" for a in AUGMENTATIONS for b in AUGMENTATIONS],
                "schedule": ("step", "cos"), "device": ("auto", "cpu"), "amp": ("auto", "bf16", "off"),
                "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip"),
+               "data_pipeline": ("auto", "workers", "device"), "compile": COMPILE_MODES,
                "data": (f"{SANDBOX_MARK}/data",), "run_dir": ("runs/fuzz",), "resume": ("auto", "none"),
                "subset_file": (f"{SANDBOX_MARK}/subset.txt", ""), "recipe": ("isd-fmnist-demo",)}
     if key in choices:

@@ -24,7 +24,8 @@ ROOT = HERE.parents[1]
 
 # 32 fake images, global batch 8 -> 4 steps per epoch; queue of 2 global batches
 BASE = {"method": "isd", "width": 8, "stem": "small", "batch_size": 8, "queue_size": 16, "num_workers": 0,
-        "device": "cpu", "print_freq": 1, "dataset": "folder", "data": "unused", "ema": 0.9, "lr": 0.05}
+        "device": "cpu", "print_freq": 1, "dataset": "folder", "data": "unused", "ema": 0.9, "lr": 0.05,
+        "amp": "off", "channels_last": "off"}  # the tolerances below were set for contiguous fp32 / fp64
 N_IMAGES = 32
 
 

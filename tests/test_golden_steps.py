@@ -33,7 +33,8 @@ CASES = {
     "isd-bf16": {"method": "isd", "amp": "bf16"},
 }
 COMMON = {"width": 8, "stem": "small", "batch_size": 4, "queue_size": 8, "num_workers": 0, "device": "cpu",
-          "print_freq": 1, "epochs": 2, "ema": 0.9, "lr": 0.05, "seed": 7, "data": "unused"}
+          "amp": "off", "channels_last": "off", "print_freq": 1, "epochs": 2, "ema": 0.9, "lr": 0.05, "seed": 7,
+          "data": "unused"}  # amp and layout as the recording's "auto" meant on a CPU then
 
 
 def memory_source(*_args, **_kwargs):

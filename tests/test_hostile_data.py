@@ -256,7 +256,18 @@ def hostile_folder(train: Path) -> tuple[list[Path], list[Path]]:
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_training_on_a_hostile_folder(tmp_path, monkeypatch, capsys):
+def test_the_device_pipeline_decodes_every_exotic_image_as_the_workers_do(tmp_path, monkeypatch):
+    exotic, _ = hostile_folder(tmp_path / "train")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    images = decode.decode_all([decode.encoded_or_rgb(path) for path in exotic], torch.device("cpu"))
+    for path, image in zip(exotic, images):
+        assert image is not None, path.name
+        assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(open_rgb(path))), path.name
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_training_on_a_hostile_folder(tmp_path, monkeypatch, capsys, pipeline):
     data, run_dir = tmp_path / "data", tmp_path / "run"
     exotic, bad = hostile_folder(data / "train")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 40x40 plain, 50x50 warns, 80x80 is a bomb
@@ -264,7 +275,8 @@ def test_training_on_a_hostile_folder(tmp_path, monkeypatch, capsys):
     assert sorted(source.files) == sorted(map(str, [*data.glob("train/*/*.*")]))  # once each, loops not entered
     assert len(source) == 6 + len(exotic) + len(bad) - (not AS_ROOT) == 20  # the locked file is a plain PNG
     with single_thread():
-        train(build_config(None, tiny_values(data, run_dir, epochs=1, max_bad_fraction=0.5)), log=print)
+        train(build_config(None, tiny_values(data, run_dir, epochs=1, max_bad_fraction=0.5, data_pipeline=pipeline)),
+              log=print)
     assert (run_dir / "ckpt_epoch_1.pth").is_file()
     listed = (run_dir / "bad_files.txt").read_text().splitlines()
     assert sorted(listed) == sorted(f"epoch 1\t{path}" for path in bad)
@@ -272,9 +284,11 @@ def test_training_on_a_hostile_folder(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_too_many_bad_files_still_stop_the_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_too_many_bad_files_still_stop_the_run(tmp_path, monkeypatch, pipeline):
     data, run_dir = tmp_path / "data", tmp_path / "run"
     _, bad = hostile_folder(data / "train")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     with single_thread(), pytest.raises(UsageError, match=f"{len(bad)} of 20 images read in epoch 1 were unr"):
-        train(build_config(None, tiny_values(data, run_dir, epochs=1, max_bad_fraction=0.2)), log=lambda _: None)
+        train(build_config(None, tiny_values(data, run_dir, epochs=1, max_bad_fraction=0.2, data_pipeline=pipeline)),
+              log=lambda _: None)

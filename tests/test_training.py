@@ -395,6 +395,14 @@ def test_amp_setting_decides_backbone_precision_on_cpu(amp, expected, image_root
     assert seen and set(seen) == {expected}
 
 
+@pytest.mark.parametrize("native, amp, device, bf16", [
+    (True, "auto", "cpu", True), (False, "auto", "cpu", False), (True, "off", "cpu", False),
+    (False, "bf16", "cpu", True), (False, "auto", "cuda", True), (True, "off", "cuda", False)])
+def test_amp_auto_is_bf16_on_a_gpu_and_on_a_cpu_with_native_bf16(native, amp, device, bf16, monkeypatch):
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    assert loop.use_bf16(build_config(None, {"data": "D", "amp": amp}), torch.device(device)) == bf16
+
+
 @pytest.mark.parametrize("native, amp, device, warns", [
     (False, "bf16", "cpu", True), (True, "bf16", "cpu", False), (False, "off", "cpu", False),
     (False, "auto", "cpu", False), (False, "bf16", "cuda", False)])

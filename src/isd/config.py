@@ -18,6 +18,7 @@ METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 AUGMENTATIONS = ("weak", "strong")
 DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "cifar10", "cifar100")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Config:
     draw: int = 1  # which classes are common and which images the rare ones keep
     max_train_images: int = 0  # train on a fixed seeded subset of N images (0 = all)
     num_workers: int = 8
+    data_pipeline: str = "auto"  # image files: auto (device on a GPU) | workers (PIL per image) | device (batched)
     # optimisation
     epochs: int = 200
     batch_size: int = 256  # global batch, split across processes
@@ -58,8 +60,9 @@ class Config:
     temp_infonce: float = 0.2  # MoCo: the InfoNCE temperature
     # engine
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on a CPU with native bf16) | bf16 | off
+    channels_last: str = "auto"  # auto (on) | on | off
+    compile: str = "off"  # torch.compile the networks: off | default | reduce-overhead (CUDA graphs) | max-autotune
     seed: int = 0
     deterministic: bool = False
     sync_bn: bool = False
@@ -299,7 +302,9 @@ def validate(cfg: Config) -> None:
 def _check_choices(cfg: Config) -> None:
     choices = {"method": METHODS, "arch": ARCHS, "dataset": DATASETS, "stem": ("auto", "imagenet", "small"),
                "schedule": ("step", "cos"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "off"),
-               "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip")}
+               "data_pipeline": ("auto", "workers", "device"),
+               "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip"),
+               "compile": COMPILE_MODES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise SettingError("unknown %s {got!r} ({%s}); choose from {allowed}" % (name.replace("_", " "), name),

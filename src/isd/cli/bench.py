@@ -28,7 +28,8 @@ def register(sub) -> None:
         "synthetic folder of 500x375 JPEGs made in a temporary folder.",
         epilog="examples:\n  isd bench --method isd byol --arch resnet18 --size 224 --batch 256\n"
         "  isd bench --dataset fashion-mnist --recipe isd-r18-fmnist --modes compute e2e\n"
-        "  isd bench /datasets/imagenet --arch resnet50 --method isd-plus --set num_workers=16 --out bench.json",
+        "  isd bench /datasets/imagenet --arch resnet50 --method isd-plus --set num_workers=16 --out bench.json\n"
+        "  isd bench --dataset fashion-mnist --recipe isd-fmnist-demo --vary amp=off,bf16 --vary channels_last=off,on",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", metavar="DATA", nargs="?", default="", help="image folder (default: a synthetic one)")
     p.add_argument("--dataset", choices=DATASETS, help="data source (default: folder)")
@@ -43,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--synthetic-images", type=int, default=2048, help="images in the synthetic folder (default 2048)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: GPU if visible")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. amp=off")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="one more dimension of the "
+                   "grid: each value of a config key in turn (repeatable), e.g. --vary amp=off,bf16 --vary "
+                   "data_pipeline=workers,device")
     p.add_argument("--out", help="also write the rows and provenance to this JSON file")
     p.set_defaults(handler=run_bench, flags=Flags(p, keys={"size": "image_size", "batch": "batch_size"},
                                                   otherwise=set_flag))
@@ -56,28 +60,41 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out}: its folder does not exist")
 
 
+def varied(pairs: list[str]) -> list[list[str]]:
+    """`--vary KEY=V1,V2` texts -> every combination, as `--set` pairs (one list per combination)."""
+    dimensions = []
+    for pair in pairs:
+        key, _, values = pair.partition("=")
+        choices = [v.strip() for v in values.split(",") if v.strip()]
+        if not key.strip() or not choices:
+            raise UsageError(f"--vary expects KEY=V1,V2,..., got {pair!r} (e.g. --vary amp=off,bf16)")
+        dimensions.append([f"{key.strip()}={v}" for v in choices])
+    return [list(combo) for combo in itertools.product(*dimensions)]
+
+
 def run_bench(args: argparse.Namespace) -> int:
     _check(args)
     grid = list(itertools.product(args.method or [None], args.arch or [None], args.size or [None],
-                                  args.batch or [None]))
+                                  args.batch or [None], varied(args.vary)))
     with tempfile.TemporaryDirectory(prefix="isd_bench_data_") as tmp:
         data = args.data
         on_disk = (args.dataset or "folder") in ("folder", "imagenet", "imagenet100")
         configs = []
-        for method, arch, size, batch in grid:  # every config is checked before anything is measured
+        for method, arch, size, batch, sets in grid:  # every config is checked before anything is measured
             values = {k: v for k, v in {"method": method, "arch": arch, "image_size": size, "batch_size": batch,
                                         "dataset": args.dataset, "device": args.device}.items() if v is not None}
             values["data"] = data or (tmp if on_disk else "")
-            if not args.recipe and not any(s.replace("-", "_").startswith("queue_size=") for s in args.set):
+            overrides = [*args.set, *sets]
+            if not args.recipe and not any(s.replace("-", "_").startswith("queue_size=") for s in overrides):
                 per_batch = batch or Config.batch_size
                 values["queue_size"] = max(1, 16384 // per_batch) * per_batch  # a queue that fits the batch
-            configs.append(build_config(args.recipe, values, args.set))
+            configs.append(build_config(args.recipe, values, overrides))
         if on_disk and not data:
             largest = max(c.batch_size for c in configs)
             jpeg_folder(Path(tmp), max(args.synthetic_images, 2 * largest))
         rows = []
-        print(f"{'method':10s} {'arch':9s} {'size':>4s} {'batch':>5s} {'precision':9s} {'mode':7s} "
-              f"{'images/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
+        print(f"{'method':10s} {'arch':9s} {'size':>4s} {'batch':>5s} {'precision':9s} {'pipeline':8s} "
+              f"{'compile':8s} {'mode':7s} {'images/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
         for cfg in configs:
             result = bench(cfg, tuple(args.modes), args.steps, args.warmup)
             rows.append(result)
@@ -85,8 +102,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "–"
                 tflops = f"{row['tflops']:.2f}" if "tflops" in row else "–"
                 print(f"{cfg.method:10s} {cfg.arch:9s} {result['image_size']:4d} {cfg.batch_size:5d} "
-                      f"{result['precision']:9s} {row['mode']:7s} {row['images_per_s']:9.1f} {tflops:>8s} {mfu:>6s}",
-                      flush=True)
+                      f"{result['precision']:9s} {result['pipeline']:8s} {cfg.compile:8s} {row['mode']:7s} "
+                      f"{row['images_per_s']:9.1f} {tflops:>8s} {mfu:>6s}", flush=True)
+            if cfg.compile != "off":
+                print(f"  first step (compiling): {result['first_step_seconds']:.1f} s", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     if args.out:
         Path(args.out).write_text(json.dumps({**provenance(device), "results": rows}, indent=1))

@@ -57,6 +57,9 @@ def legacy_parser(script: str) -> argparse.ArgumentParser:
     p.add_argument("--subset-file", dest="subset_file", help="train on the images/classes listed in FILE")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: GPU if visible)")
     p.add_argument("--seed", type=int, help="run seed (data order, augmentation, init)")
+    p.add_argument("--data_pipeline", choices=["auto", "workers", "device"], help="decode and augment on the "
+                   "training device in batches (device; auto on a GPU) or with PIL in the workers (workers, as the "
+                   "original; auto on a CPU)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision: auto = bf16 on a GPU (default), "
                    "bf16 also on a CPU with native bf16, off = fp32")
     return p

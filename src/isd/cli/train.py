@@ -7,7 +7,17 @@ import argparse
 import yaml
 
 from isd.cli.common import Flags, add_trust_flag, set_flag
-from isd.config import ARCHS, DATASETS, METHODS, Config, build_config, load_recipe, recipe_description, recipe_names
+from isd.config import (
+    ARCHS,
+    COMPILE_MODES,
+    DATASETS,
+    METHODS,
+    Config,
+    build_config,
+    load_recipe,
+    recipe_description,
+    recipe_names,
+)
 from isd.eval.monitor import knn_monitor
 from isd.train.loop import train
 
@@ -42,7 +52,12 @@ def register(sub) -> None:
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], help="a non-finite loss or gradient stops the run "
                    "(default) or skips that step")
     p.add_argument("--num-workers", type=int, help="data loading workers (image folders)")
+    p.add_argument("--data-pipeline", choices=["auto", "workers", "device"], help="image folders: decode and augment "
+                   "on the training device a batch at a time (device; auto on a GPU) or per image with PIL in the "
+                   "workers (workers; auto on a CPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default: GPU if visible)")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the networks (default off); "
+                   "reduce-overhead adds CUDA graphs, for small images on a GPU. The first steps compile")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--eval-every", type=int, help="kNN of student and teacher on the labelled val split every N "
                    "epochs")

@@ -37,8 +37,8 @@ def _per_sample(factor: Tensor | float, x: Tensor) -> Tensor:
 
 def sample_crop_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
@@ -47,38 +47,41 @@ def sample_crop_boxes(
 ) -> Tensor:
     """Boxes ``[n, 4]`` = (top, left, h, w) in integer pixels, sampled like torchvision's RandomResizedCrop.
 
-    All ``tries`` candidates are drawn at once; each sample keeps its first candidate that fits and falls
+    ``height`` and ``width`` are one size for the whole batch or ``[n]`` tensors, one size per sample (image
+    files). All ``tries`` candidates are drawn at once; each sample keeps its first candidate that fits and falls
     back to torchvision's central crop when none does.
     """
     device = torch.device(device)
-    area = height * width
+    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)
+    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)
+    area = (height * width).unsqueeze(1)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * _rand(n, tries, generator=generator, device=device))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(n, tries, generator=generator, device=device))
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= width.unsqueeze(1)) & (h > 0) & (h <= height.unsqueeze(1))
     first = fits.int().argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
 
     fallback_h, fallback_w = _central_crop_size(height, width, ratio)
     found = fits.any(dim=1)
-    h = torch.where(found, h, float(fallback_h))
-    w = torch.where(found, w, float(fallback_w))
+    h = torch.where(found, h, fallback_h)
+    w = torch.where(found, w, fallback_w)
     top = torch.floor(_rand(n, generator=generator, device=device) * (height - h + 1))
     left = torch.floor(_rand(n, generator=generator, device=device) * (width - w + 1))
-    top = torch.where(found, top, float((height - fallback_h) // 2))
-    left = torch.where(found, left, float((width - fallback_w) // 2))
+    top = torch.where(found, top, torch.div(height - fallback_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - fallback_w, 2, rounding_mode="floor"))
     return torch.stack([top, left, h, w], dim=1)
 
 
-def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def _central_crop_size(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio (per sample)."""
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
+    too_tall, too_wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    h = torch.where(too_tall, torch.round(width / min(ratio)), height)
+    w = torch.where(too_wide, torch.round(height * max(ratio)), width)
+    return h, w
 
 
 def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
@@ -103,6 +106,18 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
     high = torch.stack([(2 * (left + w) - 1) / width, (2 * (top + h) - 1) / height], dim=1) - 1
     grid = torch.maximum(torch.minimum(grid, high.view(b, 1, 1, 2)), low.view(b, 1, 1, 2))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resized_crop_each(images: Sequence[Tensor], boxes: Tensor, size: int) -> Tensor:
+    """Images of any sizes (``[C, H_i, W_i]``, uint8 or float, on one device): crop each to its box (top, left,
+    h, w; a host tensor, so the slicing needs no device sync) and resize it to ``size`` x ``size`` with
+    antialiased bilinear interpolation, as torchvision's ``resized_crop(..., antialias=True)`` on a tensor.
+    Returns float ``[n, C, size, size]`` on the images' own scale (0..255 for uint8)."""
+    out = []
+    for image, (top, left, h, w) in zip(images, boxes.int().tolist()):
+        crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(out)
 
 
 # ---------------------------------------------------------------- colour
@@ -267,22 +282,46 @@ class BatchAugment(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"recipe={self.recipe!r}, size={self.size}, scale={self.scale}, ratio={self.ratio}"
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 ``[B, C, H, W]`` (C = 1 or 3) -> normalised float32 ``[B, C, size, size]``."""
+    def forward(self, images: Tensor | Sequence[Tensor], generator: torch.Generator | None = None,
+                crop_generator: torch.Generator | None = None) -> Tensor:
+        """uint8 ``[B, C, H, W]`` (C = 1 or 3), or a list of uint8 ``[C, H_i, W_i]`` images of any sizes (decoded
+        image files) -> normalised float32 ``[B, C, size, size]``. A list's crops are drawn on the host from
+        ``crop_generator`` (a CPU generator); every other random choice comes from ``generator``."""
+        if isinstance(images, Tensor):
+            x = self._crop_batch(images, generator)
+        else:
+            x = self._crop_each(images, generator, crop_generator)
+        if self.recipe == "strong":
+            x = color_jitter(x, generator=generator)
+            x = random_grayscale(x, generator=generator)
+            x = random_gaussian_blur(x, p=self.blur_prob, generator=generator)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _crop_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         b, _, h, w = x.shape
         if self.recipe == "none":
             if (h, w) != (self.size, self.size):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            return x
+        boxes = sample_crop_boxes(b, h, w, self.scale, self.ratio, generator, x.device)
+        flip = _rand(b, generator=generator, device=x.device) < 0.5
+        return resized_crop(x, boxes, self.size, flip)
+
+    def _crop_each(self, images: Sequence[Tensor], generator: torch.Generator | None,
+                   crop_generator: torch.Generator | None) -> Tensor:
+        heights = torch.tensor([image.shape[-2] for image in images], dtype=torch.float32)
+        widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.float32)
+        if self.recipe == "none":
+            boxes = torch.stack([torch.zeros_like(heights), torch.zeros_like(widths), heights, widths], dim=1)
         else:
-            boxes = sample_crop_boxes(b, h, w, self.scale, self.ratio, generator, x.device)
-            flip = _rand(b, generator=generator, device=x.device) < 0.5
-            x = resized_crop(x, boxes, self.size, flip)
-            if self.recipe == "strong":
-                x = color_jitter(x, generator=generator)
-                x = random_grayscale(x, generator=generator)
-                x = random_gaussian_blur(x, p=self.blur_prob, generator=generator)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+            boxes = sample_crop_boxes(len(images), heights, widths, self.scale, self.ratio, crop_generator)
+        x = resized_crop_each(images, boxes, self.size)
+        x = x / 255 if images[0].dtype == torch.uint8 else x
+        if self.recipe == "none":
+            return x
+        flip = (_rand(len(images), generator=generator, device=x.device) < 0.5).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
 
 
 def two_views(

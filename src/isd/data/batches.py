@@ -19,13 +19,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from isd.data.batch_augment import BatchAugment
-from isd.data.decode import open_rgb
+from isd.data.decode import decode_all, encoded_or_rgb, open_rgb, rgb_tensor
 from isd.data.pil_augment import eval_transform, train_transform
 from isd.data.sources import Source
 from isd.errors import UsageError
 from isd.runtime import ignore_stop_signals
 
 MAX_REPLACEMENT_TRIES = 64
+PREFETCH = 4  # batches each DataLoader worker keeps ready
 PROBE_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as the original linear evaluation
 
 
@@ -179,7 +180,8 @@ class FileBatches:
         self.source = source
 
     def two_views(self, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1) -> TwoViewLoader:
-        return FileLoader(self.source, cfg, size, device, rank, world)
+        loader = DeviceFileLoader if decode_on_device(cfg, device) else FileLoader
+        return loader(self.source, cfg, size, device, rank, world)
 
     def plain(self, size: int, batch_size: int, device: torch.device,
               num_workers: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
@@ -208,8 +210,7 @@ class FileBatches:
             img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
                              Image.Resampling.BILINEAR)
             left, top = (img.width - size) // 2, (img.height - size) // 2
-            crop = img.crop((left, top, left + size, top + size))
-            out.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
+            out.append(rgb_tensor(img.crop((left, top, left + size, top + size))))
         return torch.stack(out)
 
     def pixels(self) -> tuple[Tensor, Tensor]:
@@ -226,6 +227,24 @@ class FileBatches:
         return labels
 
 
+def decode_on_device(cfg, device: torch.device) -> bool:
+    """`data_pipeline`: auto decodes and augments image files on a GPU, in the workers on a CPU."""
+    return cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and device.type == "cuda")
+
+
+def first_readable(files: list[str], index: int, read):
+    """(read(file), the index read, the first unreadable index or -1): an unreadable file is replaced by the next
+    one, counted and reported."""
+    bad = -1
+    for attempt in range(min(len(files), MAX_REPLACEMENT_TRIES)):
+        candidate = (index + attempt) % len(files)
+        try:
+            return read(files[candidate]), candidate, bad
+        except Exception:  # unreadable, truncated, not an image
+            bad = candidate if bad < 0 else bad
+    raise RuntimeError(f"{MAX_REPLACEMENT_TRIES} images in a row from {files[index]} are unreadable")
+
+
 class TwoViewFiles(Dataset):
     def __init__(self, source: Source, key_t, query_t, seed: int) -> None:
         self.files, self.targets = source.files, source.targets
@@ -236,16 +255,7 @@ class TwoViewFiles(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
-        bad, img = -1, None
-        for attempt in range(min(len(self.files), MAX_REPLACEMENT_TRIES)):
-            candidate = (index + attempt) % len(self.files)
-            try:
-                img = open_rgb(self.files[candidate])
-                break
-            except Exception:  # unreadable, truncated, not an image: replaced, counted and reported
-                bad = candidate if bad < 0 else bad
-        if img is None:
-            raise RuntimeError(f"{MAX_REPLACEMENT_TRIES} images in a row from {self.files[index]} are unreadable")
+        img, candidate, bad = first_readable(self.files, index, open_rgb)
         torch.manual_seed(mix_seed(self.seed, epoch, index))
         return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
 
@@ -266,7 +276,7 @@ class FileLoader:
         self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
                                  num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=ignore_stop_signals,
                                  pin_memory=device.type == "cuda", persistent_workers=False,
-                                 prefetch_factor=4 if cfg.num_workers > 0 else None)
+                                 prefetch_factor=PREFETCH if cfg.num_workers > 0 else None)
 
     def steps_per_epoch(self) -> int:
         return len(self.source) // self.sampler.global_batch
@@ -276,6 +286,68 @@ class FileLoader:
         for key, query, labels, bad in self.loader:
             yield Batch(key.to(self.device, non_blocking=True), query.to(self.device, non_blocking=True),
                         labels.to(self.device, non_blocking=True), [self.source.files[i] for i in bad])
+
+
+class EncodedFiles(Dataset):
+    """Each file as `encoded_or_rgb` reads it: JPEG bytes to decode on the device, other images decoded."""
+
+    def __init__(self, source: Source) -> None:
+        self.files, self.targets = source.files, source.targets
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]):
+        payload, candidate, bad = first_readable(self.files, item[0], encoded_or_rgb)
+        # a stand-in that fails to decode is reported once, where it is read as itself
+        own = candidate if candidate == item[0] else -1
+        return payload, int(self.targets[candidate]), own, bad
+
+
+def _collate_encoded(samples) -> tuple[list[Tensor], Tensor, list[int], list[int]]:
+    payloads, labels, own, bad = zip(*samples)
+    return list(payloads), torch.tensor(labels), list(own), [b for b in bad if b >= 0]
+
+
+class DeviceFileLoader:
+    """Image files read in DataLoader workers (JPEGs left encoded), decoded on the training device in one batched
+    call and augmented there a batch at a time (`data_pipeline: device`, the default on a GPU). The views follow
+    the workers' recipes (RandomResizedCrop with antialiasing, jitter, grayscale, blur, flip) with every random
+    choice drawn per sample from (seed, epoch, step, rank)."""
+
+    def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
+        self.source, self.device = source, device
+        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                    blur_prob=cfg.blur_prob).to(device)
+        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
+                                      blur_prob=cfg.blur_prob).to(device)
+        self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
+        self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                                 collate_fn=_collate_encoded, worker_init_fn=ignore_stop_signals,
+                                 persistent_workers=False, prefetch_factor=PREFETCH if cfg.num_workers > 0 else None)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.source) // self.sampler.global_batch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        s = self.sampler
+        s.epoch, s.start_step = epoch, start_step
+        gen, crops = torch.Generator(device=self.device), torch.Generator()
+        for step, (payloads, labels, own, bad) in enumerate(self.loader, start=start_step):
+            images = decode_all(payloads, self.device)
+            unreadable = [i for i, image in enumerate(images) if image is None]
+            if len(unreadable) == len(images):
+                raise RuntimeError(f"no image of a batch could be decoded ({len(images)} images)")
+            stand_in = next(i for i, image in enumerate(images) if image is not None)
+            labels[unreadable] = int(labels[stand_in])  # the workers could open these but not decode them: replaced
+            ready = [images[stand_in] if image is None else image for image in images]
+            seed = mix_seed(s.seed, epoch, step, s.rank)
+            gen.manual_seed(seed)
+            crops.manual_seed(seed)
+            key = self.key_aug(ready, gen, crops)
+            query = self.query_aug(ready, gen, crops)
+            paths = [self.source.files[i] for i in bad] + [self.source.files[own[i]] for i in unreadable if own[i] >= 0]
+            yield Batch(key, query, labels.to(self.device, non_blocking=True), paths)
 
 
 class ImageFiles(Dataset):

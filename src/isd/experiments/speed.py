@@ -39,18 +39,24 @@ def _machine(data: dict) -> str:
 
 
 def _bench(data: dict) -> str:
-    lines = ["| method | arch | size | batch | precision | mode | images/s | TFLOP/s | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | arch | size | batch | precision | views made by | compile | mode | images/s | TFLOP/s | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for cfg in data["results"]:
         arch = cfg["arch"] + (f" (width {cfg['width']})" if cfg.get("width", 64) != 64 else "")
         precision = cfg["precision"] + (" + channels_last" if cfg.get("channels_last") else "")
+        compiled = cfg.get("compile", "off")
+        if compiled != "off":
+            compiled += f" (first step {cfg['first_step_seconds']:.0f} s)"
         for row in cfg["rows"]:
             tflops = f"{row['tflops']:.2f}" if row.get("tflops") is not None else "–"
             mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "–"
             lines.append(f"| {cfg['method']} | {arch} | {cfg['image_size']} | {cfg['batch']} | {precision} | "
-                         f"{row['mode']} | {row['images_per_s']:,.1f} | {tflops} | {mfu} |")
+                         f"{cfg.get('pipeline', '–')} | {compiled} | {row['mode']} | {row['images_per_s']:,.1f} | "
+                         f"{tflops} | {mfu} |")
     about = ("`isd bench`: compute = the training step on one fixed batch; data = decoding and augmentation only; "
-             "e2e = both, as training runs. MFU against the chip's dense peak (GPU only).")
+             "e2e = both, as training runs. Views made by: the DataLoader workers (PIL per image), the device "
+             "(image files decoded and augmented there in batches) or memory (an in-memory set, augmented on the "
+             "device). MFU against the chip's dense peak (GPU only).")
     return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
 
 
