@@ -178,7 +178,10 @@ def test_non_images_raise_in_the_worker(tmp_path, content):
 # ------------------------------------------------------------------------------------------ the loader
 
 
-def test_auto_is_the_device_on_a_gpu_and_the_workers_on_a_cpu():
+def test_auto_is_the_device_on_a_gpu_and_the_workers_on_a_cpu(monkeypatch):
+    import isd.data.batches as batches
+
+    monkeypatch.setattr(batches, "jpeg_decoder_problem", lambda device: None)  # a GPU whose decoder works
     cfg = build_config(None, {"data": "x"})
     assert cfg.data_pipeline == "auto"
     assert decode_on_device(cfg, torch.device("cuda")) and not decode_on_device(cfg, CPU)
@@ -186,6 +189,32 @@ def test_auto_is_the_device_on_a_gpu_and_the_workers_on_a_cpu():
     assert not decode_on_device(cfg, torch.device("cuda"))
     cfg.data_pipeline = "device"
     assert decode_on_device(cfg, CPU)
+
+
+def test_a_device_whose_jpeg_decoder_fails_is_never_a_silent_slow_path(monkeypatch):
+    """auto then takes the workers' pipeline; an explicit `device` is a one-line error naming the setting."""
+    import isd.data.batches as batches
+    import isd.data.decode as decode
+    from isd.errors import SettingError
+
+    def no_nvjpeg(data, mode, device):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    monkeypatch.setattr(decode, "decode_jpeg", no_nvjpeg)
+    monkeypatch.setattr(decode, "_DECODER_PROBLEMS", {})
+    assert "not compiled with nvJPEG" in decode.jpeg_decoder_problem(CPU)
+    cfg = build_config(None, {"data": "x", "data_pipeline": "device"})
+    with pytest.raises(SettingError, match="data_pipeline=device: JPEGs cannot be decoded on cpu .*nvJPEG"):
+        decode_on_device(cfg, CPU)
+    cfg.data_pipeline = "auto"
+    monkeypatch.setattr(batches, "jpeg_decoder_problem", lambda device: "no nvJPEG")  # a GPU without it
+    assert not decode_on_device(cfg, torch.device("cuda"))
+
+
+def test_the_decoder_check_passes_on_this_cpu():
+    from isd.data.decode import jpeg_decoder_problem
+
+    assert jpeg_decoder_problem(CPU) is None
 
 
 def _folder(tmp_path: Path) -> Path:

@@ -19,10 +19,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from isd.data.batch_augment import BatchAugment
-from isd.data.decode import decode_all, encoded_or_rgb, open_rgb, rgb_tensor
+from isd.data.decode import decode_all, encoded_or_rgb, jpeg_decoder_problem, open_rgb, rgb_tensor
 from isd.data.pil_augment import eval_transform, train_transform
 from isd.data.sources import Source
-from isd.errors import UsageError
+from isd.errors import SettingError, UsageError
 from isd.runtime import ignore_stop_signals
 
 MAX_REPLACEMENT_TRIES = 64
@@ -228,8 +228,15 @@ class FileBatches:
 
 
 def decode_on_device(cfg, device: torch.device) -> bool:
-    """`data_pipeline`: auto decodes and augments image files on a GPU, in the workers on a CPU."""
-    return cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and device.type == "cuda")
+    """`data_pipeline`: auto decodes and augments image files on a GPU (where its JPEG decoder works), in the
+    workers on a CPU; `device` where the decoder does not work is an error, not a slow fallback."""
+    if cfg.data_pipeline == "workers" or (cfg.data_pipeline == "auto" and device.type != "cuda"):
+        return False
+    problem = jpeg_decoder_problem(device)
+    if problem is not None and cfg.data_pipeline == "device":
+        raise SettingError("{data_pipeline}=device: JPEGs cannot be decoded on {where} here ({why}); use "
+                           "{data_pipeline} workers", where=device, why=problem)
+    return problem is None
 
 
 def first_readable(files: list[str], index: int, read):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 BACKGROUND = (128, 128, 128)  # mid-grey: neither black nor white content, near the normalisation mean
 DRAFT_SIDE = 2048
@@ -89,6 +89,20 @@ def decode_all(payloads: list[Tensor], device: torch.device) -> list[Tensor | No
 
 
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+_DECODER_PROBLEMS: dict[torch.device, str | None] = {}
+
+
+def jpeg_decoder_problem(device: torch.device) -> str | None:
+    """Why JPEGs cannot be decoded on `device` (e.g. a torchvision built without nvJPEG), or None; checked once
+    per device on a tiny JPEG, so that the device pipeline never falls back to PIL image by image unnoticed."""
+    if device not in _DECODER_PROBLEMS:
+        try:
+            tiny = encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8))
+            _decode_jpegs([tiny], device)
+            _DECODER_PROBLEMS[device] = None
+        except RuntimeError as err:
+            _DECODER_PROBLEMS[device] = str(err).strip().splitlines()[0][:200]
+    return _DECODER_PROBLEMS[device]
 
 
 def _decode_jpegs(data: list[Tensor], device: torch.device) -> list[Tensor]:
