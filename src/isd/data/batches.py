@@ -78,6 +78,14 @@ class Batches(Protocol):
         ...
 
 
+def view_augments(cfg, size: int, source: Source) -> tuple[BatchAugment, BatchAugment]:
+    """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files)."""
+    def views(recipe: str) -> BatchAugment:
+        return BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
+
+    return views(cfg.key_aug), views(cfg.query_aug)
+
+
 def batches_of(source: Source) -> Batches:
     return MemoryBatches(source) if source.images is not None else FileBatches(source)
 
@@ -144,10 +152,7 @@ class TensorLoader:
         assert source.images is not None
         self.images = source.images.to(device)
         self.targets = source.targets.to(device)
-        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
-                                    blur_prob=cfg.blur_prob)
-        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
-                                      blur_prob=cfg.blur_prob)
+        self.key_aug, self.query_aug = view_augments(cfg, size, source)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.device = device
 
@@ -324,10 +329,7 @@ class DeviceFileLoader:
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         self.source, self.device = source, device
-        self.key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
-                                    blur_prob=cfg.blur_prob).to(device)
-        self.query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
-                                      blur_prob=cfg.blur_prob).to(device)
+        self.key_aug, self.query_aug = (aug.to(device) for aug in view_augments(cfg, size, source))
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                  collate_fn=_collate_encoded, worker_init_fn=ignore_stop_signals,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from isd.data.batch_augment import BatchAugment
-from isd.data.batches import batches_of
+from isd.data.batches import batches_of, view_augments
 from isd.data.sources import Source
 from isd.eval.features import extract_features
 from isd.methods import ISD
@@ -54,9 +54,7 @@ def neighbour_rows(model: ISD, cfg, source: Source, size: int, device: torch.dev
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
     anchors = min(anchors, len(source) - queries)
     anchor_idx, query_idx = order[:anchors], order[anchors:anchors + queries]
-    key_aug = BatchAugment(cfg.key_aug, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
-    query_aug = BatchAugment(cfg.query_aug, size, source.mean, source.std, tuple(cfg.crop_scale),
-                             blur_prob=cfg.blur_prob)
+    key_aug, query_aug = view_augments(cfg, size, source)
     gen = torch.Generator().manual_seed(seed + 1)
     images = batches_of(source)
     bank_views, bank = [], []
