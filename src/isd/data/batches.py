@@ -47,6 +47,9 @@ class Batch:
 
 
 class TwoViewLoader(Protocol):
+    pipeline: str  # where the views are made: memory (in-memory set), workers (PIL per image) or device (files)
+    ahead: int  # batches DataLoader workers make ahead of the consumer (0 without workers)
+
     def steps_per_epoch(self) -> int: ...
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
@@ -147,6 +150,8 @@ class MemoryBatches:
 
 class TensorLoader:
     """Two views of each global batch of an in-memory uint8 set, on the training device (no per-image PIL)."""
+
+    pipeline, ahead = "memory", 0
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         assert source.images is not None
@@ -280,7 +285,10 @@ def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int]]:
 class FileLoader:
     """Decodes and augments image files in DataLoader workers (ImageNet-style folders)."""
 
+    pipeline = "workers"
+
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
+        self.ahead = cfg.num_workers * PREFETCH
         key_t = train_transform(cfg.key_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
         query_t = train_transform(cfg.query_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
         self.source, self.device = source, device
@@ -327,8 +335,10 @@ class DeviceFileLoader:
     the workers' recipes (RandomResizedCrop with antialiasing, jitter, grayscale, blur, flip) with every random
     choice drawn per sample from (seed, epoch, step, rank)."""
 
+    pipeline = "device"
+
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
-        self.source, self.device = source, device
+        self.source, self.device, self.ahead = source, device, cfg.num_workers * PREFETCH
         self.key_aug, self.query_aug = (aug.to(device) for aug in view_augments(cfg, size, source))
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,

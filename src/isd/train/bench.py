@@ -5,7 +5,7 @@
 - data: only the batches (decoding and augmentation, on the device for in-memory sets), no step;
 - e2e: both, as a training epoch runs.
 Each mode times `steps` steps after `warmup` untimed ones (data and e2e from image files also first take the
-batches the workers made ahead, num_workers x PREFETCH); the very first step (where `compile` compiles the
+batches the workers made ahead, `loader.ahead`); the very first step (where `compile` compiles the
 networks) is timed on its own, as `first_step_seconds`. FLOPs per image are counted once on the real step
 (torch's FlopCounterMode: matrix products and convolutions of the forwards and the backward); beside a GPU
 figure, MFU is the achieved FLOP/s over the chip's dense bf16 (or fp32) peak from its data sheet.
@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from isd.config import Config
-from isd.data.batches import PREFETCH, Batch, DeviceFileLoader, FileLoader, batches_of
+from isd.data.batches import Batch, batches_of
 from isd.train.loop import EpochRunner, build, use_bf16
 from isd.train.runlog import RunLog
 
@@ -72,13 +72,6 @@ def _endless(loader) -> Iterator[Batch]:
         epoch += 1
 
 
-def pipeline_name(loader) -> str:
-    """Where the views are made: `device` (image files decoded on the device), `workers` (PIL per image), or
-    `memory` (an in-memory set, augmented on the device)."""
-    return "device" if isinstance(loader, DeviceFileLoader) else "workers" if isinstance(loader, FileLoader) else \
-        "memory"
-
-
 def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: int = 5) -> dict:
     """Speed of `cfg`'s training on its data, one row per mode, plus FLOPs per image and MFU."""
     with tempfile.TemporaryDirectory(prefix="isd_bench_") as tmp:
@@ -100,10 +93,9 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
                 "e2e": lambda: runner.step(next(batches), next(counter))}
         # the workers fill their queues while the compute mode runs: drain them first, or `data` would time
         # batches that were made before its clock started
-        ready = cfg.num_workers * PREFETCH if isinstance(loader, (FileLoader, DeviceFileLoader)) else 0
         rows = []
         for mode in modes:
-            seconds = _timed(setup.device, work[mode], steps, warmup + (ready if mode != "compute" else 0))
+            seconds = _timed(setup.device, work[mode], steps, warmup + (loader.ahead if mode != "compute" else 0))
             rows.append(Speed(mode, round(steps * cfg.batch_size / seconds, 1), round(seconds, 3), steps,
                               cfg.batch_size))
         bf16 = use_bf16(cfg, setup.device)
@@ -119,7 +111,7 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
         return {"method": cfg.method, "arch": cfg.arch, "width": cfg.width, "image_size": setup.size,
                 "batch": cfg.batch_size, "data": setup.source.name, "precision": "bf16" if bf16 else "fp32",
                 "channels_last": runner.memory_format == torch.channels_last, "compile": cfg.compile,
-                "pipeline": pipeline_name(loader),
+                "pipeline": loader.pipeline,
                 "first_step_seconds": round(first_step, 2),
                 "gflops_per_image": round(per_image / 1e9, 3), "peak_tflops": peak / 1e12 if peak else None,
                 "rows": out}
