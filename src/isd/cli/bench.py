@@ -98,11 +98,12 @@ def run_bench(args: argparse.Namespace) -> int:
         for cfg in configs:
             result = bench(cfg, tuple(args.modes), args.steps, args.warmup)
             rows.append(result)
+            precision = result["precision"] + ("+cl" if result["channels_last"] else "")  # channels_last
             for row in result["rows"]:
                 mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "–"
                 tflops = f"{row['tflops']:.2f}" if "tflops" in row else "–"
                 print(f"{cfg.method:10s} {cfg.arch:9s} {result['image_size']:4d} {cfg.batch_size:5d} "
-                      f"{result['precision']:9s} {result['pipeline']:8s} {cfg.compile:8s} {row['mode']:7s} "
+                      f"{precision:9s} {result['pipeline']:8s} {cfg.compile:8s} {row['mode']:7s} "
                       f"{row['images_per_s']:9.1f} {tflops:>8s} {mfu:>6s}", flush=True)
             if cfg.compile != "off":
                 print(f"  first step (compiling): {result['first_step_seconds']:.1f} s", flush=True)
