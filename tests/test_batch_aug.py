@@ -175,11 +175,39 @@ def test_color_jitter_order_is_per_sample():
     assert 0.4 < bri_first.float().mean() < 0.6
 
 
-def test_single_channel_skips_saturation_and_hue(monkeypatch):
-    def boom(x, factor):
-        raise AssertionError("saturation/hue must not run on 1-channel images")
+def _jitter_one_by_one(x, p, strength, seed):
+    """ColorJitter as torchvision runs it: sample by sample, each op of its own order in turn."""
+    g, b = torch.Generator().manual_seed(seed), x.shape[0]
+    applied = torch.rand(b, generator=g) < p
+    bri, con, sat, hue = strength
+    factors = [1 - bri + 2 * bri * torch.rand(b, generator=g), 1 - con + 2 * con * torch.rand(b, generator=g),
+               1 - sat + 2 * sat * torch.rand(b, generator=g), -hue + 2 * hue * torch.rand(b, generator=g)]
+    order = torch.rand(b, 4, generator=g).argsort(1)
+    ops = (A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue)
+    out = []
+    for i in range(b):
+        y = x[i:i + 1]
+        for op in order[i].tolist() if applied[i] else []:
+            y = ops[op](y, factors[op][i:i + 1]) if x.shape[1] == 3 or op < 2 else y
+        out.append(y)
+    return torch.cat(out)
 
-    monkeypatch.setattr(A, "COLOR_OPS", (A.adjust_brightness, A.adjust_contrast, boom, boom))
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("strength", [(0.4, 0.4, 0.4, 0.1), (0.0, 0.8, 0.4, 0.5)])
+def test_color_jitter_equals_each_sample_in_its_own_order(c, strength):
+    # hue runs once on the batch and the other three share one blend per position: the same ops, in each
+    # sample's own order, as a loop over the samples (values a little outside [0, 1] too: the crop's rounding)
+    x = _floats(300, c, 6) * 1.2 - 0.1
+    out = A.color_jitter(x, 0.8, strength, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, _jitter_one_by_one(x, 0.8, strength, 3), atol=1e-6, rtol=0)
+
+
+def test_single_channel_skips_saturation_and_hue(monkeypatch):
+    def boom(*args):
+        raise AssertionError("hue must not run on 1-channel images")
+
+    monkeypatch.setattr(A, "adjust_hue", boom)
     out = BatchAugment("strong", 28, MEAN1, STD1)(_images(64, 1, 28), torch.Generator().manual_seed(0))
     assert out.shape == (64, 1, 28, 28)
     with pytest.raises(AssertionError):

@@ -174,7 +174,20 @@ def adjust_hue(x: Tensor, factor: Tensor | float) -> Tensor:
     return _hsv_to_rgb(torch.stack([h, s, v], dim=1))
 
 
-COLOR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's ops, in the order of its factors
+
+
+def _blend_position(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tensor:
+    """One position of every sample's op order, where `active`: brightness, contrast or saturation, per sample.
+    All three are the blend f·x + (1 − f)·other, with other = 0, the mean grey level or the grey image, so one
+    evaluation serves the batch; for each sample it is the very arithmetic of adjust_brightness / _contrast /
+    _saturation (adding (1 − f)·0 changes no bit)."""
+    gray = rgb_to_grayscale(x)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    op = op.view(-1, 1, 1, 1)
+    other = torch.where(op == SATURATION, gray, torch.where(op == CONTRAST, mean, 0.0))
+    blended = _blend(x, other, factors.gather(1, op.view(-1, 1)).squeeze(1))
+    return torch.where(active.view(-1, 1, 1, 1), blended, x)
 
 
 def color_jitter(
@@ -183,23 +196,34 @@ def color_jitter(
     strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """RandomApply(ColorJitter(*strength), p): each chosen sample gets its own factors and op order."""
+    """RandomApply(ColorJitter(*strength), p): each chosen sample gets its own factors and op order.
+
+    The costly op, hue, runs once on the batch: each sample's brightness/contrast/saturation before its hue take
+    three blend positions, those after it three more. 1-channel images have no saturation or hue (identities, as
+    in torchvision and PIL): four positions of brightness and contrast."""
     b, c, dev = x.shape[0], x.shape[1], x.device
     applied = _rand(b, generator=generator, device=dev) < p
     bri, con, sat, hue = strength
-    factors = [
+    factors = torch.stack([
         _uniform(max(0.0, 1 - bri), 1 + bri, b, generator, dev),
         _uniform(max(0.0, 1 - con), 1 + con, b, generator, dev),
         _uniform(max(0.0, 1 - sat), 1 + sat, b, generator, dev),
         _uniform(-hue, hue, b, generator, dev),
-    ]
-    order = _rand(b, 4, generator=generator, device=dev).argsort(dim=1)  # order[:, slot] = op index
-    # Saturation and hue are identities on 1-channel images (as in torchvision/PIL): skip them.
-    n_ops = 4 if c == 3 else 2
-    for slot in range(4):
-        for op_index in range(n_ops):
-            chosen = (applied & (order[:, slot] == op_index)).view(b, 1, 1, 1)
-            x = torch.where(chosen, COLOR_OPS[op_index](x, factors[op_index]), x)
+    ], dim=1)
+    order = _rand(b, 4, generator=generator, device=dev).argsort(dim=1)  # order[:, position] = op
+    if c == 1:
+        for position in range(4):
+            op = order[:, position]
+            x = _blend_position(x, op, factors, applied & (op <= CONTRAST))
+        return x
+    hue_at = (order == HUE).int().argmax(dim=1)
+    for position in range(3):  # the ops before each sample's hue
+        x = _blend_position(x, order[:, position], factors, applied & (position < hue_at))
+    x = torch.where(applied.view(-1, 1, 1, 1), adjust_hue(x, factors[:, HUE]), x)
+    for offset in range(1, 4):  # and those after it
+        after = hue_at + offset
+        op = order.gather(1, after.clamp(max=3).view(-1, 1)).squeeze(1)
+        x = _blend_position(x, op, factors, applied & (after <= 3))
     return x
 
 
