@@ -310,6 +310,34 @@ def test_the_teacher_catches_up_once_unless_the_checkpoint_holds_it_current(resu
     assert len(calls) == catch_ups and all(model is setup.model for model in calls)
 
 
+def test_sgd_kernel_is_this_machines_own_after_a_resume(isd_run, image_root, tmp_path, monkeypatch):
+    """A GPU run steps SGD with the fused kernel; its checkpoint's param groups say so, and a resume elsewhere (here,
+    a CPU) takes this machine's kernel instead of the saved flag. With the fused kernel on the CPU forced, a step
+    equals the per-tensor loop's to rounding."""
+    state = torch.load(isd_run / "ckpt_last.pth", weights_only=False)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True
+    torch.save(state, tmp_path / "from_gpu.pth")
+    values = tiny_values(image_root, tmp_path / "run", epochs=2, resume=str(tmp_path / "from_gpu.pth"))
+    setup = loop.build(build_config(None, values), log=lambda _: None)
+    assert not loop.use_fused_sgd(setup.device)
+    assert [g["fused"] for g in setup.optimizer.param_groups] == [None]
+
+    def one_step(fused: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(loop, "use_fused_sgd", lambda device: fused)
+        torch.manual_seed(0)
+        setup = loop.build(build_config(None, tiny_values(image_root, tmp_path / f"step{fused}")), log=lambda _: None)
+        assert [g["fused"] for g in setup.optimizer.param_groups] == [True if fused else None]
+        for p in setup.optimizer.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        setup.optimizer.step()
+        return [p.detach().clone() for p in setup.optimizer.param_groups[0]["params"]]
+
+    if loop.fused_sgd_kernel_works(torch.device("cpu")):
+        for a, b in zip(one_step(True), one_step(False)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_resume_auto_picks_the_newest_readable_checkpoint(image_root, tmp_path):
     base = tiny_values(image_root, tmp_path / "a", method="byol", save_freq=1, epochs=2)
     done = run(base)

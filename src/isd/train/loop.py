@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -92,7 +93,8 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     if cfg.compile != "off":
         compile_networks(model, cfg.compile)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
+                                fused=use_fused_sgd(device) or None)
     setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
     if not resume(setup, log, trust_code):
         model.catch_up_teacher()  # the teacher update the original makes before its first (or resumed) step
@@ -106,6 +108,26 @@ def compile_networks(model: torch.nn.Module, mode: str, backend: str = "inductor
     for child in model.children():
         if any(True for _ in child.parameters()):
             child.compile(mode=None if mode == "default" else mode, backend=backend)
+
+
+def use_fused_sgd(device: torch.device) -> bool:
+    """On a GPU, SGD's fused kernel: one launch for every parameter instead of a few per group of tensors (a
+    small-image step is bound by launches). Not on a CPU: there the fused kernel rounds the tail of small tensors
+    differently from the per-tensor loop (golden steps) and saves ~5 ms a step."""
+    return device.type == "cuda" and fused_sgd_kernel_works(device)
+
+
+@functools.cache
+def fused_sgd_kernel_works(device: torch.device) -> bool:
+    """Whether this torch has SGD's fused kernel for the device; tried once on a one-element tensor, as older
+    versions lack the kernel or the keyword."""
+    try:
+        p = torch.zeros(1, device=device, requires_grad=True)
+        p.grad = torch.ones(1, device=device)
+        torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True).step()
+        return True
+    except (TypeError, RuntimeError):
+        return False
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -165,11 +187,14 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
         first = first if len(first) <= 300 else first[:300] + "..."
         raise SettingError("checkpoint {path} does not fit this model ({first}); check {arch}, {queue_size} and "
                            "the method's heads", path=path, first=first) from None
+    kernel = [(group["fused"], group["foreach"]) for group in setup.optimizer.param_groups]
     try:
         setup.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as err:
         raise SettingError("checkpoint {path}: its optimizer state does not fit this model's parameters ({why}); "
                            "check {method} and {arch}", path=path, why=ck.failure_reason(err)) from None
+    for group, (fused, foreach) in zip(setup.optimizer.param_groups, kernel):
+        group["fused"], group["foreach"] = fused, foreach  # this machine's kernel, not the one that saved the state
     if "rng" in state:
         ck.restore_rng(state["rng"])
     steps_done = int(state.get("step_in_epoch", 0))
