@@ -19,12 +19,36 @@ RECIPES = ("strong", "weak", "none")
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's ITU-R 601-2 luma weights
 
 
-def _rand(*shape: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.rand(*shape, generator=generator, device=device)
+CROP_TRIES = 10  # candidates per sample, as torchvision's RandomResizedCrop
 
 
-def _uniform(low: float, high: float, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return low + (high - low) * _rand(n, generator=generator, device=device)
+class Uniforms:
+    """The uniform numbers of one torch.rand draw, handed out in order. A view draws all its numbers at once
+    (one call instead of ~20, and the work after it is a pure function that torch.compile can fuse); on a CPU
+    generator one draw of n + m numbers is the same as draws of n then m, so the views are those of
+    separate draws to the bit."""
+
+    def __init__(self, numbers: Tensor) -> None:
+        self.numbers, self.used = numbers, 0
+
+    @classmethod
+    def drawn(cls, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None):
+        return cls(torch.rand(n, generator=generator, device=device))
+
+    def take(self, *shape: int) -> Tensor:
+        n = math.prod(shape)
+        if self.used + n > self.numbers.numel():
+            raise ValueError(f"{self.numbers.numel()} uniform numbers drawn, {self.used + n} asked for")
+        out = self.numbers[self.used:self.used + n].view(shape)
+        self.used += n
+        return out
+
+    def uniform(self, low: float, high: float, n: int) -> Tensor:
+        return low + (high - low) * self.take(n)
+
+
+def _draws_for(x: Tensor, n: int, generator: torch.Generator | None) -> Uniforms:
+    return Uniforms.drawn(n, generator, x.device)
 
 
 def _per_sample(factor: Tensor | float, x: Tensor) -> Tensor:
@@ -43,21 +67,30 @@ def sample_crop_boxes(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    tries: int = 10,
 ) -> Tensor:
     """Boxes ``[n, 4]`` = (top, left, h, w) in integer pixels, sampled like torchvision's RandomResizedCrop.
 
     ``height`` and ``width`` are one size for the whole batch or ``[n]`` tensors, one size per sample (image
-    files). All ``tries`` candidates are drawn at once; each sample keeps its first candidate that fits and falls
-    back to torchvision's central crop when none does.
+    files). All ``CROP_TRIES`` candidates are drawn at once; each sample keeps its first candidate that fits and
+    falls back to torchvision's central crop when none does.
     """
-    device = torch.device(device)
+    return crop_boxes(Uniforms.drawn(crop_draws(n), generator, device), n, height, width, scale, ratio)
+
+
+def crop_draws(n: int) -> int:
+    return n * (2 * CROP_TRIES + 2)
+
+
+def crop_boxes(draws: Uniforms, n: int, height: int | Tensor, width: int | Tensor,
+               scale: tuple[float, float], ratio: tuple[float, float]) -> Tensor:
+    """`sample_crop_boxes` from numbers already drawn."""
+    device = draws.numbers.device
     height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)
     width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)
     area = (height * width).unsqueeze(1)
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * _rand(n, tries, generator=generator, device=device))
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * draws.take(n, CROP_TRIES))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(n, tries, generator=generator, device=device))
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws.take(n, CROP_TRIES))
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
     fits = (w > 0) & (w <= width.unsqueeze(1)) & (h > 0) & (h <= height.unsqueeze(1))
@@ -68,8 +101,8 @@ def sample_crop_boxes(
     found = fits.any(dim=1)
     h = torch.where(found, h, fallback_h)
     w = torch.where(found, w, fallback_w)
-    top = torch.floor(_rand(n, generator=generator, device=device) * (height - h + 1))
-    left = torch.floor(_rand(n, generator=generator, device=device) * (width - w + 1))
+    top = torch.floor(draws.take(n) * (height - h + 1))
+    left = torch.floor(draws.take(n) * (width - w + 1))
     top = torch.where(found, top, torch.div(height - fallback_h, 2, rounding_mode="floor"))
     left = torch.where(found, left, torch.div(width - fallback_w, 2, rounding_mode="floor"))
     return torch.stack([top, left, h, w], dim=1)
@@ -175,6 +208,8 @@ def adjust_hue(x: Tensor, factor: Tensor | float) -> Tensor:
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's ops, in the order of its factors
+Jitter = tuple[Tensor, Tensor, Tensor]  # which samples [B] (bool), their factors [B, 4], their op order [B, 4]
+Blur = tuple[Tensor, Tensor]  # which samples [B] (bool), their sigmas [B]
 
 
 def _blend_position(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tensor:
@@ -190,28 +225,32 @@ def _blend_position(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> T
     return torch.where(active.view(-1, 1, 1, 1), blended, x)
 
 
-def color_jitter(
-    x: Tensor,
-    p: float = 0.8,
-    strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """RandomApply(ColorJitter(*strength), p): each chosen sample gets its own factors and op order.
+JITTER_DRAWS = 9  # per sample: whether, four factors, four numbers whose ranks are the op order
+
+
+def jitter_draws(draws: Uniforms, b: int, p: float = 0.8,
+                 strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)) -> Jitter:
+    """ColorJitter's random choices for a batch: which samples, their four factors and their op order."""
+    applied = draws.take(b) < p
+    bri, con, sat, hue = strength
+    factors = torch.stack([
+        draws.uniform(max(0.0, 1 - bri), 1 + bri, b),
+        draws.uniform(max(0.0, 1 - con), 1 + con, b),
+        draws.uniform(max(0.0, 1 - sat), 1 + sat, b),
+        draws.uniform(-hue, hue, b),
+    ], dim=1)
+    order = draws.take(b, 4).argsort(dim=1)  # order[:, position] = op
+    return applied, factors, order
+
+
+def apply_jitter(x: Tensor, draws: Jitter) -> Tensor:
+    """The jitter of `draws`, each chosen sample with its own factors and op order.
 
     The costly op, hue, runs once on the batch: each sample's brightness/contrast/saturation before its hue take
     three blend positions, those after it three more. 1-channel images have no saturation or hue (identities, as
     in torchvision and PIL): four positions of brightness and contrast."""
-    b, c, dev = x.shape[0], x.shape[1], x.device
-    applied = _rand(b, generator=generator, device=dev) < p
-    bri, con, sat, hue = strength
-    factors = torch.stack([
-        _uniform(max(0.0, 1 - bri), 1 + bri, b, generator, dev),
-        _uniform(max(0.0, 1 - con), 1 + con, b, generator, dev),
-        _uniform(max(0.0, 1 - sat), 1 + sat, b, generator, dev),
-        _uniform(-hue, hue, b, generator, dev),
-    ], dim=1)
-    order = _rand(b, 4, generator=generator, device=dev).argsort(dim=1)  # order[:, position] = op
-    if c == 1:
+    applied, factors, order = draws
+    if x.shape[1] == 1:
         for position in range(4):
             op = order[:, position]
             x = _blend_position(x, op, factors, applied & (op <= CONTRAST))
@@ -227,11 +266,27 @@ def color_jitter(
     return x
 
 
-def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
-    if x.shape[1] == 1:
+def color_jitter(x: Tensor, p: float = 0.8, strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+                 generator: torch.Generator | None = None) -> Tensor:
+    """RandomApply(ColorJitter(*strength), p) on a batch."""
+    b = x.shape[0]
+    return apply_jitter(x, jitter_draws(_draws_for(x, JITTER_DRAWS * b, generator), b, p, strength))
+
+
+def grayscale_draws(draws: Uniforms, b: int, channels: int, p: float = 0.2) -> Tensor | None:
+    """Which samples RandomGrayscale turns grey; None (and nothing drawn) for 1-channel images."""
+    return None if channels == 1 else draws.take(b) < p
+
+
+def apply_grayscale(x: Tensor, chosen: Tensor | None) -> Tensor:
+    if chosen is None:
         return x
-    chosen = (_rand(x.shape[0], generator=generator, device=x.device) < p).view(-1, 1, 1, 1)
-    return torch.where(chosen, rgb_to_grayscale(x).expand_as(x), x)
+    return torch.where(chosen.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+
+
+def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    b, c = x.shape[:2]
+    return apply_grayscale(x, grayscale_draws(_draws_for(x, b if c == 3 else 0, generator), b, c, p))
 
 
 # ---------------------------------------------------------------- blur
@@ -255,19 +310,30 @@ def gaussian_blur(x: Tensor, sigma: Tensor, radius: int) -> Tensor:
     return y.view(b, c, h, w)
 
 
+def blur_draws(draws: Uniforms, b: int, p: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0)) -> Blur | None:
+    """Which samples are blurred and their sigmas; None (and nothing drawn) when p is 0."""
+    if p <= 0:
+        return None
+    chosen = draws.take(b) < p
+    return chosen, draws.uniform(sigma[0], sigma[1], b)
+
+
+def apply_blur(x: Tensor, draws: Blur | None, max_sigma: float = 2.0) -> Tensor:
+    if draws is None:
+        return x
+    chosen, sigmas = draws
+    radius = min(math.ceil(3 * max_sigma), min(x.shape[-2:]) - 1)  # reflect padding must be < image size
+    return torch.where(chosen.view(-1, 1, 1, 1), gaussian_blur(x, sigmas, radius), x)
+
+
 def random_gaussian_blur(
     x: Tensor,
     p: float = 0.5,
     sigma: tuple[float, float] = (0.1, 2.0),
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    if p <= 0:
-        return x
-    b, dev = x.shape[0], x.device
-    chosen = (_rand(b, generator=generator, device=dev) < p).view(b, 1, 1, 1)
-    sigmas = _uniform(sigma[0], sigma[1], b, generator, dev)
-    radius = min(math.ceil(3 * sigma[1]), min(x.shape[-2:]) - 1)  # reflect padding must be < image size
-    return torch.where(chosen, gaussian_blur(x, sigmas, radius), x)
+    b = x.shape[0]
+    return apply_blur(x, blur_draws(_draws_for(x, 2 * b if p > 0 else 0, generator), b, p, sigma), sigma[1])
 
 
 # ---------------------------------------------------------------- recipes
@@ -302,6 +368,7 @@ class BatchAugment(torch.nn.Module):
         self.std: Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self._view = self._view_work
 
     def extra_repr(self) -> str:
         return f"recipe={self.recipe!r}, size={self.size}, scale={self.scale}, ratio={self.ratio}"
@@ -310,30 +377,57 @@ class BatchAugment(torch.nn.Module):
                 crop_generator: torch.Generator | None = None) -> Tensor:
         """uint8 ``[B, C, H, W]`` (C = 1 or 3), or a list of uint8 ``[C, H_i, W_i]`` images of any sizes (decoded
         image files) -> normalised float32 ``[B, C, size, size]``. A list's crops are drawn on the host from
-        ``crop_generator`` (a CPU generator); every other random choice comes from ``generator``."""
+        ``crop_generator`` (a CPU generator) and made image by image; every other random number comes from
+        ``generator``, in one draw per view, and the rest of the view is one function of the images and that draw."""
         if isinstance(images, Tensor):
-            x = self._crop_batch(images, generator)
+            x, cropped = images, False
         else:
-            x = self._crop_each(images, generator, crop_generator)
-        if self.recipe == "strong":
-            x = color_jitter(x, generator=generator)
-            x = random_grayscale(x, generator=generator)
-            x = random_gaussian_blur(x, p=self.blur_prob, generator=generator)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+            x, cropped = self._crop_each(images, crop_generator), True
+        n = self.draws_per_view(x.shape[0], x.shape[1], cropped)
+        numbers = torch.rand(n, generator=generator, device=x.device) if n else x.new_empty(0, dtype=torch.float32)
+        return self._view(x, numbers, cropped)
 
-    def _crop_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        b, _, h, w = x.shape
+    def draws_per_view(self, b: int, channels: int, cropped: bool = False) -> int:
+        """How many uniform numbers one view of `b` images takes (crop boxes unless `cropped`, flip, jitter,
+        grayscale, blur), in the order the per-op functions take them."""
+        if self.recipe == "none":
+            return 0
+        n = (0 if cropped else crop_draws(b)) + b
+        if self.recipe == "strong":
+            n += JITTER_DRAWS * b + (b if channels == 3 else 0) + (2 * b if self.blur_prob > 0 else 0)
+        return n
+
+    def compile_pixels(self, backend: str = "inductor") -> None:
+        """torch.compile the view's work after its one random draw (crop, colour, blur, normalisation: a few
+        fused kernels instead of a few hundred ops). Always torch's default mode: the views are held while the
+        networks' CUDA graphs replay."""
+        self._view = torch.compile(self._view_work, backend=backend, dynamic=False)
+
+    def _view_work(self, x: Tensor, numbers: Tensor, cropped: bool) -> Tensor:
+        """uint8 images (or, when `cropped`, a float batch already cropped and resized) -> the view."""
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        b, c, h, w = x.shape
+        draws = Uniforms(numbers)
         if self.recipe == "none":
             if (h, w) != (self.size, self.size):
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-            return x
-        boxes = sample_crop_boxes(b, h, w, self.scale, self.ratio, generator, x.device)
-        flip = _rand(b, generator=generator, device=x.device) < 0.5
-        return resized_crop(x, boxes, self.size, flip)
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                  antialias=True)
+        elif cropped:
+            flip = draws.take(b) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        else:
+            boxes = crop_boxes(draws, b, h, w, self.scale, self.ratio)
+            x = resized_crop(x, boxes, self.size, draws.take(b) < 0.5)
+        if self.recipe == "strong":
+            x = apply_jitter(x, jitter_draws(draws, b))
+            x = apply_grayscale(x, grayscale_draws(draws, b, c))
+            x = apply_blur(x, blur_draws(draws, b, self.blur_prob))
+        if draws.used != numbers.numel():
+            raise AssertionError(f"a view drew {numbers.numel()} numbers and used {draws.used}")
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def _crop_each(self, images: Sequence[Tensor], generator: torch.Generator | None,
-                   crop_generator: torch.Generator | None) -> Tensor:
+    def _crop_each(self, images: Sequence[Tensor], crop_generator: torch.Generator | None) -> Tensor:
+        """Each image cropped at its own box and resized: float ``[n, C, size, size]`` in [0, 1]."""
         heights = torch.tensor([image.shape[-2] for image in images], dtype=torch.float32)
         widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.float32)
         if self.recipe == "none":
@@ -341,11 +435,7 @@ class BatchAugment(torch.nn.Module):
         else:
             boxes = sample_crop_boxes(len(images), heights, widths, self.scale, self.ratio, crop_generator)
         x = resized_crop_each(images, boxes, self.size)
-        x = x / 255 if images[0].dtype == torch.uint8 else x
-        if self.recipe == "none":
-            return x
-        flip = (_rand(len(images), generator=generator, device=x.device) < 0.5).view(-1, 1, 1, 1)
-        return torch.where(flip, x.flip(-1), x)
+        return x / 255 if images[0].dtype == torch.uint8 else x
 
 
 def two_views(

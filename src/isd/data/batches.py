@@ -81,10 +81,14 @@ class Batches(Protocol):
         ...
 
 
-def view_augments(cfg, size: int, source: Source) -> tuple[BatchAugment, BatchAugment]:
-    """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files)."""
+def view_augments(cfg, size: int, source: Source, training: bool = False) -> tuple[BatchAugment, BatchAugment]:
+    """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files); for
+    training, with their pixel work compiled when `cfg.compile` asks (a training batch keeps one shape)."""
     def views(recipe: str) -> BatchAugment:
-        return BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
+        aug = BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
+        if training and cfg.compile != "off":
+            aug.compile_pixels()
+        return aug
 
     return views(cfg.key_aug), views(cfg.query_aug)
 
@@ -157,7 +161,7 @@ class TensorLoader:
         assert source.images is not None
         self.images = source.images.to(device)
         self.targets = source.targets.to(device)
-        self.key_aug, self.query_aug = view_augments(cfg, size, source)
+        self.key_aug, self.query_aug = view_augments(cfg, size, source, training=True)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.device = device
 
@@ -339,7 +343,7 @@ class DeviceFileLoader:
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         self.source, self.device, self.ahead = source, device, cfg.num_workers * PREFETCH
-        self.key_aug, self.query_aug = (aug.to(device) for aug in view_augments(cfg, size, source))
+        self.key_aug, self.query_aug = (aug.to(device) for aug in view_augments(cfg, size, source, training=True))
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                  collate_fn=_collate_encoded, worker_init_fn=ignore_stop_signals,

@@ -5,10 +5,11 @@
 - data: only the batches (decoding and augmentation, on the device for in-memory sets), no step;
 - e2e: both, as a training epoch runs.
 Each mode times `steps` steps after `warmup` untimed ones (data and e2e from image files also first take the
-batches the workers made ahead, `loader.ahead`); the very first step (where `compile` compiles the
-networks) is timed on its own, as `first_step_seconds`. FLOPs per image are counted once on the real step
-(torch's FlopCounterMode: matrix products and convolutions of the forwards and the backward); beside a GPU
-figure, MFU is the achieved FLOP/s over the chip's dense bf16 (or fp32) peak from its data sheet.
+batches the workers made ahead, `loader.ahead`); the very first batch and step (where `compile` compiles the
+views' pixel work and the networks) are timed on their own, as `first_step_seconds`. FLOPs per image are
+counted once on the real step (torch's FlopCounterMode: matrix products and convolutions of the forwards and
+the backward); beside a GPU figure, MFU is the achieved FLOP/s over the chip's dense bf16 (or fp32) peak from
+its data sheet.
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
         runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), runlog)
         setup.model.train()
         batches = _endless(loader)
-        fixed = next(batches)
         counter = iter(range(10**12))
-        first_step = _timed(setup.device, lambda: runner.step(fixed, next(counter)), 1, 0)  # compiles, if asked
+        start = time.perf_counter()
+        fixed = next(batches)  # with the step below: where `compile` compiles the views and the networks
+        first_step = time.perf_counter() - start + _timed(setup.device, lambda: runner.step(fixed, next(counter)),
+                                                          1, 0)
         with FlopCounterMode(display=False) as flops:
             runner.step(fixed, next(counter))
         per_image = flops.get_total_flops() / cfg.batch_size

@@ -104,7 +104,8 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
 def compile_networks(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
     """torch.compile each network of the method in place (student, predictor, teacher; their state_dict keys and
     checkpoints stay as they are). Losses, the queue and the teacher update stay eager: the step contract, the
-    non-finite guard and shuffle-BN's collectives are unchanged. The first steps compile (minutes)."""
+    non-finite guard and shuffle-BN's collectives are unchanged. The first steps compile (minutes). The views'
+    pixel work is compiled by the loaders (`view_augments`)."""
     for child in model.children():
         if any(True for _ in child.parameters()):
             child.compile(mode=None if mode == "default" else mode, backend=backend)
@@ -279,10 +280,9 @@ class EpochRunner:
                 batch = next(batches)
                 window.wait += time.perf_counter() - before
                 bad_files.extend(batch.bad)
-                fetched = time.perf_counter()
                 result = self.step(batch, step)
                 if not self.warm:
-                    self.report_warm_up(time.perf_counter() - fetched)
+                    self.report_warm_up(time.perf_counter() - before)
                 if result is not None:
                     window.add(result)
                 done = step + 1
@@ -323,8 +323,8 @@ class EpochRunner:
 
     def report_warm_up(self, seconds: float) -> None:
         self.warm = True
-        self.runlog.say(f"compile={self.setup.cfg.compile}: the first step (compiling the networks) took "
-                        f"{seconds:.1f} s")
+        self.runlog.say(f"compile={self.setup.cfg.compile}: the first step (compiling the networks and the views' "
+                        f"pixel work) took {seconds:.1f} s")
         self.runlog.record("compile", 0, {"first_step_seconds": round(seconds, 2)})
 
     def log_window(self, window: Window, epoch: int, step: int, bar) -> None:
