@@ -1,0 +1,105 @@
+"""How many operations one training step dispatches, by phase: the views (augmentation), the forwards, loss and
+backward, the optimizer, and the teacher update + enqueue. On a GPU each is (at least) one kernel launch, and a
+small-image step is bound by launches, not arithmetic, so this count, measured on a CPU, says where a GPU step's
+launches go. (On a CPU torch's SGD loops over the tensors; on a GPU isd uses its fused kernel: one launch.)
+
+    python benchmarks/step_ops.py --recipe isd-r18-fmnist --out benchmarks/results/step_ops_cpu.json
+    python benchmarks/step_ops.py --folder --out ...   # ResNet-18 at 224 px, JPEGs decoded and augmented in batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from isd.config import build_config  # noqa: E402
+from isd.data.batches import batches_of  # noqa: E402
+from isd.data.synthetic import jpeg_folder  # noqa: E402
+from isd.experiments.provenance import provenance  # noqa: E402
+from isd.train.loop import EpochRunner, build  # noqa: E402
+from isd.train.runlog import RunLog  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operations that reach a backend kernel (views, which launch nothing, are left out), by phase."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "forward+loss+backward"
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.counts[self.phase][func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def in_phase(counter: OpCounter, name: str, fn):
+    def wrapped(*args, **kwargs):
+        before, counter.phase = counter.phase, name
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            counter.phase = before
+    return wrapped
+
+
+def count_step(values: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="isd_ops_") as tmp:
+        cfg = build_config(values.pop("recipe", None), {**values, "run_dir": tmp})
+        setup = build(cfg, log=lambda _: None)
+        loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device)
+        runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), RunLog(setup.run_dir, False))
+        batches = loader.epoch(1)
+        runner.step(next(batches), 0)  # warm: lazily built state (momentum buffers, the queue's cursor)
+        counter = OpCounter()
+        setup.optimizer.step = in_phase(counter, "optimizer", setup.optimizer.step)  # type: ignore[method-assign]
+        setup.model.apply_step = in_phase(counter, "teacher+queue", setup.model.apply_step)  # type: ignore
+        with counter:
+            counter.phase = "views"
+            batch = next(batches)
+            counter.phase = "forward+loss+backward"
+            runner.step(batch, 1)
+        phases = {name: {"ops": sum(ops.values()), "most": dict(ops.most_common(5))}
+                  for name, ops in counter.counts.items()}
+        return {"recipe": cfg.recipe, "method": cfg.method, "arch": cfg.arch, "image_size": setup.size,
+                "channels": setup.source.channels, "batch": cfg.batch_size, "pipeline": loader.pipeline,
+                "device": str(setup.device), "total_ops": sum(p["ops"] for p in phases.values()), "phases": phases}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="isd-r18-fmnist")
+    ap.add_argument("--folder", action="store_true", help="also a synthetic JPEG folder at 224 px, batch 32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rows = [count_step({"recipe": args.recipe, "device": args.device})]
+    if args.folder:
+        with tempfile.TemporaryDirectory(prefix="isd_ops_jpegs_") as tmp:
+            jpeg_folder(Path(tmp), 128)
+            rows.append(count_step({"method": "isd", "arch": "resnet18", "data": tmp, "batch_size": 32,
+                                    "queue_size": 256, "num_workers": 0, "data_pipeline": "device",
+                                    "device": args.device}))
+    for row in rows:
+        print(f"{row['recipe'] or row['method']} {row['image_size']} px x{row['channels']} ({row['pipeline']}): "
+              f"{row['total_ops']} ops per step")
+        for name, phase in row["phases"].items():
+            print(f"  {name:22s} {phase['ops']:5d}  {phase['most']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({**provenance(torch.device(args.device)), "results": rows}, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
