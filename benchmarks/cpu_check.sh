@@ -3,8 +3,9 @@
 #   1. the original code beside isd on one JPEG folder (benchmarks/vs_original.py, train_isd.py): isd with its
 #      defaults, then with --amp off (fp32);
 #   2. `isd bench`, ResNet-18 ISD at 224 px and the CPU demo's recipe at 28 px: fp32 / bf16 x contiguous /
-#      channels_last; the two pipelines for image files; torch.compile on the demo's recipe;
-#   3. benchmarks/cpu_bf16.py (the backbone alone, and whether torch sees native bf16).
+#      channels_last; the two pipelines for image files; torch.compile (networks and views) on the demo's recipe;
+#   3. benchmarks/cpu_bf16.py (the backbone alone, and whether torch sees native bf16);
+#   4. benchmarks/step_ops.py (operations per training step, by phase: where a GPU step's launches go).
 # Results land in OUTDIR (default benchmarks/results) as JSON with provenance.
 #   usage: bash benchmarks/cpu_check.sh [OUTDIR] [FASHION_MNIST_DIR]
 set -eu
@@ -24,6 +25,7 @@ $py -m isd bench $fmnist "${demo[@]}" --modes compute e2e --vary amp=off,bf16 --
   --out "$out/bench_cpu_fmnist_demo_precision.json"
 $py -m isd bench "${r18[@]}" --modes data e2e --vary data_pipeline=workers,device \
   --out "$out/bench_cpu_r18_224_pipelines.json"
-$py -m isd bench $fmnist "${demo[@]}" --modes compute --vary compile=off,default \
+$py -m isd bench $fmnist "${demo[@]}" --modes compute data e2e --vary compile=off,default \
   --out "$out/bench_cpu_fmnist_demo_compile.json"
 $py benchmarks/cpu_bf16.py --out "$out/cpu_bf16_native.json"
+$py benchmarks/step_ops.py --folder --out "$out/step_ops_cpu.json"

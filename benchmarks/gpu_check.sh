@@ -4,7 +4,8 @@
 #      device pipeline (JPEGs decoded and augmented on the GPU, the default there) and the workers' PIL pipeline,
 #      ISD+ ResNet-50 compute only, and isd-r18-fmnist (compute, end to end) eager and with
 #      compile=reduce-overhead (CUDA graphs; its first step, the compilation, timed apart), with MFU;
-#   2. the original code beside isd on the same JPEG folder (benchmarks/vs_original.py, train_isd.py);
+#   2. the original code beside isd on the same JPEG folder (benchmarks/vs_original.py, train_isd.py), and the
+#      operations each step dispatches, by phase (benchmarks/step_ops.py: fused SGD there);
 #   3. one results cell (benchmarks/gpu_results.sh continues the committed grids) with what time is left.
 # Results land in OUTDIR as JSON with provenance; copy them to benchmarks/results/ to commit them.
 # The machine needs the data and the original code beside the tree, e.g. (git-ignored, carried):
@@ -31,6 +32,8 @@ if [ -f "$original/train_isd.py" ]; then
   timeout 240 python3 benchmarks/vs_original.py --original "$original" --images 12800 --batch 256 --workers 14 \
     --queue 16384 --out "$out/vs_original_gpu.json" > "$out/vs_original.log" 2>&1
 fi
+timeout 60 python3 benchmarks/step_ops.py --recipe isd-r18-fmnist --data "$fmnist" --device cuda --out "$out/step_ops_gpu.json" \
+  > "$out/step_ops.log" 2>&1
 left=$(( 470 - ($(date +%s) - start) ))
 if [ "$left" -gt 120 ]; then
   DEADLINE=$left bash benchmarks/gpu_results.sh "$out/cells" "$fmnist" > "$out/cells.log" 2>&1

@@ -80,11 +80,12 @@ def count_step(values: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="isd-r18-fmnist")
+    ap.add_argument("--data", default="", help="the recipe's data folder (default: where isd looks for it)")
     ap.add_argument("--folder", action="store_true", help="also a synthetic JPEG folder at 224 px, batch 32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out")
     args = ap.parse_args()
-    rows = [count_step({"recipe": args.recipe, "device": args.device})]
+    rows = [count_step({"recipe": args.recipe, "device": args.device, **({"data": args.data} if args.data else {})})]
     if args.folder:
         with tempfile.TemporaryDirectory(prefix="isd_ops_jpegs_") as tmp:
             jpeg_folder(Path(tmp), 128)

@@ -96,6 +96,38 @@ def test_report_renders_a_side_by_side_file_with_its_ratio_and_setup(tmp_path, c
     assert "320 JPEGs of 500×375 px, batch 32, 2 workers" in table and "CPU (2 cores)" in table
 
 
+def test_report_renders_the_operations_per_step_by_phase(tmp_path, capsys):
+    phases = {"views": {"ops": 330}, "forward+loss+backward": {"ops": 437}, "optimizer": {"ops": 262},
+              "teacher+queue": {"ops": 5}}
+    row = {"recipe": "isd-r18-fmnist", "method": "isd", "arch": "resnet18", "image_size": 28, "channels": 1,
+           "batch": 256, "pipeline": "memory", "total_ops": 1034, "phases": phases}
+    data = {"commit": "abc", "dirty": False, "torch": "2.x", "device": "CPU (2 cores)", "command": "step_ops.py",
+            "results": [row]}
+    path = tmp_path / "ops.json"
+    path.write_text(json.dumps(data))
+    assert main(["report", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "| isd-r18-fmnist, batch 256 | 28 px × 1 | memory | 330 | 437 | 262 | 5 | 1,034 |" in table
+
+
+def test_step_ops_counts_each_phase_of_a_real_step(image_root):
+    """benchmarks/step_ops.py on a tiny folder: every phase of the step is counted, and nothing twice."""
+    import importlib.util
+
+    from conftest import ROOT, single_thread, tiny_values
+
+    spec = importlib.util.spec_from_file_location("step_ops", ROOT / "benchmarks" / "step_ops.py")
+    step_ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_ops)
+    values = tiny_values(image_root, image_root / "unused", data_pipeline="device", amp="off")
+    with single_thread():
+        row = step_ops.count_step({k: v for k, v in values.items() if k != "run_dir"})
+    ops = {name: phase["ops"] for name, phase in row["phases"].items()}
+    assert set(ops) == {"views", "forward+loss+backward", "optimizer", "teacher+queue"}
+    assert all(n > 0 for n in ops.values()) and row["total_ops"] == sum(ops.values())
+    assert row["pipeline"] == "device" and row["phases"]["teacher+queue"]["most"].get("_foreach_mul_") == 1
+
+
 def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     assert bench_module.peak_flops(torch.device("cuda"), bf16=True) == 989e12

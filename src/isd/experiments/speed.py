@@ -1,5 +1,5 @@
-"""Markdown tables of committed speed measurements: `isd bench --out FILE`, `benchmarks/vs_original.py --out FILE`
-and `benchmarks/cpu_bf16.py --out FILE`.
+"""Markdown tables of committed speed measurements: `isd bench --out FILE`, `benchmarks/vs_original.py --out FILE`,
+`benchmarks/cpu_bf16.py --out FILE` and `benchmarks/step_ops.py --out FILE`.
 
 `isd report FILE.json` renders them, and a README block `<!-- begin: isd report FILE.json -->` is regenerated
 and checked like the experiment tables, so every speed figure in the docs has its file behind it.
@@ -28,6 +28,8 @@ def speed_markdown(path: str) -> str:
         return _versus_original(data)
     if "native_bf16" in data:
         return _cpu_bf16(data)
+    if "results" in data and all(isinstance(r, dict) and "total_ops" in r for r in data["results"]):
+        return _step_ops(data)
     if "results" in data:
         return _bench(data)
     raise UsageError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
@@ -84,4 +86,18 @@ def _cpu_bf16(data: dict) -> str:
     about = (f"{setup['arch']} {setup['measured']}, batch {setup['batch']} at {setup['size']} px; native bf16 "
              f"(AVX512-BF16 or AMX): {'yes' if data['native_bf16'] else 'no'}, torch's CPU capability "
              f"{data['cpu_capability']}.")
+    return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
+
+
+def _step_ops(data: dict) -> str:
+    lines = ["| step | size | views made by | views | forwards, loss, backward | optimizer | teacher + queue | total |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in data["results"]:
+        phases = {name: phase["ops"] for name, phase in row["phases"].items()}
+        name = row.get("recipe") or f"{row['method']} {row['arch']}"
+        lines.append(f"| {name}, batch {row['batch']} | {row['image_size']} px × {row['channels']} | {row['pipeline']} "
+                     f"| {phases.get('views', 0):,} | {phases.get('forward+loss+backward', 0):,} "
+                     f"| {phases.get('optimizer', 0):,} | {phases.get('teacher+queue', 0):,} | {row['total_ops']:,} |")
+    about = ("`benchmarks/step_ops.py`: operations one training step dispatches to a kernel (tensor views, which "
+             "launch nothing, left out), by phase; on a GPU each is at least one kernel launch.")
     return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
