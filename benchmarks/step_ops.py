@@ -2,6 +2,8 @@
 backward, the optimizer, and the teacher update + enqueue. On a GPU each is (at least) one kernel launch, and a
 small-image step is bound by launches, not arithmetic, so this count, measured on a CPU, says where a GPU step's
 launches go. (On a CPU torch's SGD loops over the tensors; on a GPU isd uses its fused kernel: one launch.)
+Beside each count, the host round trips: tensors made from Python data and values read back, each a blocking
+copy on a GPU (image files' views also count the host-side crop boxes, which stay on the host there).
 
     python benchmarks/step_ops.py --recipe isd-r18-fmnist --out benchmarks/results/step_ops_cpu.json
     python benchmarks/step_ops.py --folder --out ...   # ResNet-18 at 224 px, JPEGs decoded and augmented in batches
@@ -29,6 +31,9 @@ from isd.experiments.provenance import provenance  # noqa: E402
 from isd.train.loop import EpochRunner, build  # noqa: E402
 from isd.train.runlog import RunLog  # noqa: E402
 
+# a tensor made from Python data, or a value read back: on a GPU a blocking copy, which waits for the queued kernels
+HOST_ROUND_TRIPS = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "item", "is_nonzero"}
+
 
 class OpCounter(TorchDispatchMode):
     """Counts the operations that reach a backend kernel (views, which launch nothing, are left out), by phase."""
@@ -42,6 +47,9 @@ class OpCounter(TorchDispatchMode):
         if not func.is_view:
             self.counts[self.phase][func.overloadpacket.__name__] += 1
         return func(*args, **(kwargs or {}))
+
+    def round_trips(self, phase: str) -> int:
+        return sum(n for name, n in self.counts[phase].items() if name in HOST_ROUND_TRIPS)
 
 
 def in_phase(counter: OpCounter, name: str, fn):
@@ -70,8 +78,8 @@ def count_step(values: dict) -> dict:
             batch = next(batches)
             counter.phase = "forward+loss+backward"
             runner.step(batch, 1)
-        phases = {name: {"ops": sum(ops.values()), "most": dict(ops.most_common(5))}
-                  for name, ops in counter.counts.items()}
+        phases = {name: {"ops": sum(ops.values()), "host_round_trips": counter.round_trips(name),
+                         "most": dict(ops.most_common(5))} for name, ops in counter.counts.items()}
         return {"recipe": cfg.recipe, "method": cfg.method, "arch": cfg.arch, "image_size": setup.size,
                 "channels": setup.source.channels, "batch": cfg.batch_size, "pipeline": loader.pipeline,
                 "device": str(setup.device), "total_ops": sum(p["ops"] for p in phases.values()), "phases": phases}
@@ -96,7 +104,7 @@ def main() -> None:
         print(f"{row['recipe'] or row['method']} {row['image_size']} px x{row['channels']} ({row['pipeline']}): "
               f"{row['total_ops']} ops per step")
         for name, phase in row["phases"].items():
-            print(f"  {name:22s} {phase['ops']:5d}  {phase['most']}")
+            print(f"  {name:22s} {phase['ops']:5d} ops, {phase['host_round_trips']} host round trips  {phase['most']}")
     if args.out:
         Path(args.out).write_text(json.dumps({**provenance(torch.device(args.device)), "results": rows}, indent=1))
         print(f"wrote {args.out}")

@@ -97,8 +97,8 @@ def test_report_renders_a_side_by_side_file_with_its_ratio_and_setup(tmp_path, c
 
 
 def test_report_renders_the_operations_per_step_by_phase(tmp_path, capsys):
-    phases = {"views": {"ops": 330}, "forward+loss+backward": {"ops": 437}, "optimizer": {"ops": 262},
-              "teacher+queue": {"ops": 5}}
+    phases = {"views": {"ops": 330, "host_round_trips": 0}, "forward+loss+backward": {"ops": 437},
+              "optimizer": {"ops": 262}, "teacher+queue": {"ops": 5}}
     row = {"recipe": "isd-r18-fmnist", "method": "isd", "arch": "resnet18", "image_size": 28, "channels": 1,
            "batch": 256, "pipeline": "memory", "total_ops": 1034, "phases": phases}
     data = {"commit": "abc", "dirty": False, "torch": "2.x", "device": "CPU (2 cores)", "command": "step_ops.py",
@@ -107,7 +107,7 @@ def test_report_renders_the_operations_per_step_by_phase(tmp_path, capsys):
     path.write_text(json.dumps(data))
     assert main(["report", str(path)]) == 0
     table = capsys.readouterr().out
-    assert "| isd-r18-fmnist, batch 256 | 28 px × 1 | memory | 330 | 437 | 262 | 5 | 1,034 |" in table
+    assert "| isd-r18-fmnist, batch 256 | 28 px × 1 | memory | 330 (0) | 437 | 262 | 5 | 1,034 |" in table
 
 
 def test_step_ops_counts_each_phase_of_a_real_step(image_root):
@@ -126,6 +126,7 @@ def test_step_ops_counts_each_phase_of_a_real_step(image_root):
     assert set(ops) == {"views", "forward+loss+backward", "optimizer", "teacher+queue"}
     assert all(n > 0 for n in ops.values()) and row["total_ops"] == sum(ops.values())
     assert row["pipeline"] == "device" and row["phases"]["teacher+queue"]["most"].get("_foreach_mul_") == 1
+    assert row["phases"]["optimizer"]["host_round_trips"] == 0
 
 
 def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):

@@ -84,9 +84,7 @@ def crop_draws(n: int) -> int:
 def crop_boxes(draws: Uniforms, n: int, height: int | Tensor, width: int | Tensor,
                scale: tuple[float, float], ratio: tuple[float, float]) -> Tensor:
     """`sample_crop_boxes` from numbers already drawn."""
-    device = draws.numbers.device
-    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)
-    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)
+    height, width = _per_sample_size(height, n, draws.numbers.device), _per_sample_size(width, n, draws.numbers.device)
     area = (height * width).unsqueeze(1)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * draws.take(n, CROP_TRIES))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -106,6 +104,14 @@ def crop_boxes(draws: Uniforms, n: int, height: int | Tensor, width: int | Tenso
     top = torch.where(found, top, torch.div(height - fallback_h, 2, rounding_mode="floor"))
     left = torch.where(found, left, torch.div(width - fallback_w, 2, rounding_mode="floor"))
     return torch.stack([top, left, h, w], dim=1)
+
+
+def _per_sample_size(size: int | Tensor, n: int, device: torch.device) -> Tensor:
+    """[n] float sizes on the device; a Python number is filled there (a tensor made from it would be copied
+    from the host, and a blocking copy waits for the GPU)."""
+    if isinstance(size, Tensor):
+        return size.to(device=device, dtype=torch.float32).expand(n)
+    return torch.full((n,), float(size), device=device)
 
 
 def _central_crop_size(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
@@ -194,7 +200,8 @@ def _rgb_to_hsv(x: Tensor) -> Tensor:
 def _hsv_to_rgb(hsv: Tensor) -> Tensor:
     h, s, v = hsv.unsqueeze(2).unbind(dim=1)  # each [B, 1, H, W]
     # Closed form of the six-sector formula: channel n in (R, G, B) uses k = (n + 6h) mod 6, n = 5, 3, 1.
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=hsv.device).view(1, 3, 1, 1) + 6 * h, 6)
+    n = torch.arange(5.0, 0.0, -2.0, dtype=hsv.dtype, device=hsv.device)  # (5, 3, 1), made on the device
+    k = torch.remainder(n.view(1, 3, 1, 1) + 6 * h, 6)
     return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
 
 

@@ -81,11 +81,14 @@ class Batches(Protocol):
         ...
 
 
-def view_augments(cfg, size: int, source: Source, training: bool = False) -> tuple[BatchAugment, BatchAugment]:
-    """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files); for
-    training, with their pixel work compiled when `cfg.compile` asks (a training batch keeps one shape)."""
+def view_augments(cfg, size: int, source: Source, device: torch.device | None = None,
+                  training: bool = False) -> tuple[BatchAugment, BatchAugment]:
+    """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files), with their
+    constants on `device`; for training, with their pixel work compiled when `cfg.compile` asks (a training
+    batch keeps one shape)."""
     def views(recipe: str) -> BatchAugment:
         aug = BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
+        aug = aug.to(device) if device is not None else aug
         if training and cfg.compile != "off":
             aug.compile_pixels()
         return aug
@@ -130,7 +133,7 @@ class MemoryBatches:
 
     def plain(self, size: int, batch_size: int, device: torch.device,
               num_workers: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
-        plain = BatchAugment("none", size, self.source.mean, self.source.std)
+        plain = BatchAugment("none", size, self.source.mean, self.source.std).to(device)
         for start in range(0, len(self.source), batch_size):
             images = self.images[start:start + batch_size].to(device)
             yield plain(images), self.source.targets[start:start + batch_size].to(device)
@@ -161,7 +164,7 @@ class TensorLoader:
         assert source.images is not None
         self.images = source.images.to(device)
         self.targets = source.targets.to(device)
-        self.key_aug, self.query_aug = view_augments(cfg, size, source, training=True)
+        self.key_aug, self.query_aug = view_augments(cfg, size, source, device, training=True)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.device = device
 
@@ -343,7 +346,7 @@ class DeviceFileLoader:
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         self.source, self.device, self.ahead = source, device, cfg.num_workers * PREFETCH
-        self.key_aug, self.query_aug = (aug.to(device) for aug in view_augments(cfg, size, source, training=True))
+        self.key_aug, self.query_aug = view_augments(cfg, size, source, device, training=True)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                  collate_fn=_collate_encoded, worker_init_fn=ignore_stop_signals,

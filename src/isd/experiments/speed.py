@@ -90,14 +90,19 @@ def _cpu_bf16(data: dict) -> str:
 
 
 def _step_ops(data: dict) -> str:
+    names = ("views", "forward+loss+backward", "optimizer", "teacher+queue")
     lines = ["| step | size | views made by | views | forwards, loss, backward | optimizer | teacher + queue | total |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["results"]:
-        phases = {name: phase["ops"] for name, phase in row["phases"].items()}
+        cells = []
+        for phase in (row["phases"].get(name, {"ops": 0}) for name in names):
+            trips = phase.get("host_round_trips")
+            cells.append(f"{phase['ops']:,}" + (f" ({trips})" if trips is not None else ""))
         name = row.get("recipe") or f"{row['method']} {row['arch']}"
         lines.append(f"| {name}, batch {row['batch']} | {row['image_size']} px × {row['channels']} | {row['pipeline']} "
-                     f"| {phases.get('views', 0):,} | {phases.get('forward+loss+backward', 0):,} "
-                     f"| {phases.get('optimizer', 0):,} | {phases.get('teacher+queue', 0):,} | {row['total_ops']:,} |")
+                     f"| {' | '.join(cells)} | {row['total_ops']:,} |")
     about = ("`benchmarks/step_ops.py`: operations one training step dispatches to a kernel (tensor views, which "
-             "launch nothing, left out), by phase; on a GPU each is at least one kernel launch.")
+             "launch nothing, left out), by phase; on a GPU each is at least one kernel launch. In brackets, where "
+             "the file counts them: host round trips (a tensor made from Python data or a value read back: a "
+             "blocking copy on a GPU).")
     return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
