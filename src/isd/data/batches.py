@@ -348,9 +348,12 @@ class DeviceFileLoader:
         self.source, self.device, self.ahead = source, device, cfg.num_workers * PREFETCH
         self.key_aug, self.query_aug = view_augments(cfg, size, source, device, training=True)
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
+        # pinned: a copy to the GPU from pageable memory blocks until the copy is done, so until the GPU has
+        # run everything queued before it
         self.loader = DataLoader(EncodedFiles(source), batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                  collate_fn=_collate_encoded, worker_init_fn=ignore_stop_signals,
-                                 persistent_workers=False, prefetch_factor=PREFETCH if cfg.num_workers > 0 else None)
+                                 pin_memory=device.type == "cuda", persistent_workers=False,
+                                 prefetch_factor=PREFETCH if cfg.num_workers > 0 else None)
 
     def steps_per_epoch(self) -> int:
         return len(self.source) // self.sampler.global_batch
@@ -365,7 +368,8 @@ class DeviceFileLoader:
             if len(unreadable) == len(images):
                 raise RuntimeError(f"no image of a batch could be decoded ({len(images)} images)")
             stand_in = next(i for i, image in enumerate(images) if image is not None)
-            labels[unreadable] = int(labels[stand_in])  # the workers could open these but not decode them: replaced
+            if unreadable:  # the workers could open these but not decode them: replaced
+                labels[unreadable] = int(labels[stand_in])
             ready = [images[stand_in] if image is None else image for image in images]
             seed = mix_seed(s.seed, epoch, step, s.rank)
             gen.manual_seed(seed)
