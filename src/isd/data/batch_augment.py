@@ -219,17 +219,23 @@ Jitter = tuple[Tensor, Tensor, Tensor]  # which samples [B] (bool), their factor
 Blur = tuple[Tensor, Tensor]  # which samples [B] (bool), their sigmas [B]
 
 
-def _blend_position(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tensor:
-    """One position of every sample's op order, where `active`: brightness, contrast or saturation, per sample.
-    All three are the blend f·x + (1 − f)·other, with other = 0, the mean grey level or the grey image, so one
-    evaluation serves the batch; for each sample it is the very arithmetic of adjust_brightness / _contrast /
-    _saturation (adding (1 − f)·0 changes no bit)."""
-    gray = rgb_to_grayscale(x)
-    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-    op = op.view(-1, 1, 1, 1)
-    other = torch.where(op == SATURATION, gray, torch.where(op == CONTRAST, mean, 0.0))
-    blended = _blend(x, other, factors.gather(1, op.view(-1, 1)).squeeze(1))
-    return torch.where(active.view(-1, 1, 1, 1), blended, x)
+def _blend_positions(x: Tensor, ops: Tensor, factors: Tensor, active: Tensor) -> Tensor:
+    """Positions ``ops[:, 0], ops[:, 1], ...`` of every sample's op order, in turn, where `active`: brightness,
+    contrast or saturation, per sample. All three are the blend f·x + (1 − f)·other, with other = 0, the mean grey
+    level or the grey image, so one evaluation per position serves the batch; for each sample it is the very
+    arithmetic of adjust_brightness / _contrast / _saturation (adding (1 − f)·0 changes no bit). The per-position
+    choices are made for all positions at once (a few operations, not a few per position)."""
+    f, is_contrast = factors.gather(1, ops), (ops == CONTRAST)
+    is_saturation = ops == SATURATION if x.shape[1] == 3 else None  # a no-op on 1 channel: never blended
+    for position in range(ops.shape[1]):
+        gray = rgb_to_grayscale(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        other = torch.where(is_contrast[:, position].view(-1, 1, 1, 1), mean, 0.0)
+        if is_saturation is not None:
+            other = torch.where(is_saturation[:, position].view(-1, 1, 1, 1), gray, other)
+        blended = _blend(x, other, f[:, position])
+        x = torch.where(active[:, position].view(-1, 1, 1, 1), blended, x)
+    return x
 
 
 JITTER_DRAWS = 9  # per sample: whether, four factors, four numbers whose ranks are the op order
@@ -258,19 +264,14 @@ def apply_jitter(x: Tensor, draws: Jitter) -> Tensor:
     in torchvision and PIL): four positions of brightness and contrast."""
     applied, factors, order = draws
     if x.shape[1] == 1:
-        for position in range(4):
-            op = order[:, position]
-            x = _blend_position(x, op, factors, applied & (op <= CONTRAST))
-        return x
-    hue_at = (order == HUE).int().argmax(dim=1)
-    for position in range(3):  # the ops before each sample's hue
-        x = _blend_position(x, order[:, position], factors, applied & (position < hue_at))
+        return _blend_positions(x, order, factors, applied.unsqueeze(1) & (order <= CONTRAST))
+    hue_at = (order == HUE).int().argmax(dim=1, keepdim=True)
+    positions = torch.arange(4, device=order.device)
+    before = applied.unsqueeze(1) & (positions[:3] < hue_at)  # the ops before each sample's hue
+    x = _blend_positions(x, order[:, :3], factors, before)
     x = torch.where(applied.view(-1, 1, 1, 1), adjust_hue(x, factors[:, HUE]), x)
-    for offset in range(1, 4):  # and those after it
-        after = hue_at + offset
-        op = order.gather(1, after.clamp(max=3).view(-1, 1)).squeeze(1)
-        x = _blend_position(x, op, factors, applied & (after <= 3))
-    return x
+    after = hue_at + positions[1:]  # and those after it
+    return _blend_positions(x, order.gather(1, after.clamp(max=3)), factors, applied.unsqueeze(1) & (after <= 3))
 
 
 def color_jitter(x: Tensor, p: float = 0.8, strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
