@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared speed check for a machine with a GPU (about 8 minutes; every input is made there):
-#   1. `isd bench`: ISD ResNet-18 at 224 px from a synthetic JPEG folder (compute, data, end to end) with the
+#   1. `isd bench` (with torch.profiler tables of its eager settings in OUTDIR/profiles: what limits each): ISD
+#      ResNet-18 at 224 px from a synthetic JPEG folder (compute, data, end to end) with the
 #      device pipeline (JPEGs decoded and augmented on the GPU, the default there) and the workers' PIL pipeline,
 #      ISD+ ResNet-50 compute only, and isd-r18-fmnist (compute, end to end) eager and with
 #      compile=reduce-overhead (CUDA graphs; its first step, the compilation, timed apart), with MFU;
@@ -18,14 +19,15 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 mkdir -p "$out"
 start=$(date +%s)
 python3 -m isd bench --method isd --arch resnet18 --size 224 --batch 256 --steps 30 --synthetic-images 8192 \
-  --set num_workers=14 --set data_pipeline=device --out "$out/bench_r18_224.json" > "$out/bench.log" 2>&1
+  --set num_workers=14 --set data_pipeline=device --profile "$out/profiles" --out "$out/bench_r18_224.json" \
+  > "$out/bench.log" 2>&1
 python3 -m isd bench --method isd --arch resnet18 --size 224 --batch 256 --steps 20 --synthetic-images 8192 \
   --modes data e2e --set num_workers=14 --set data_pipeline=workers --out "$out/bench_r18_224_workers.json" \
   >> "$out/bench.log" 2>&1
 python3 -m isd bench --method isd-plus --arch resnet50 --size 224 --batch 256 --modes compute --steps 20 \
   --set queue_size=128000 --out "$out/bench_r50_224.json" >> "$out/bench.log" 2>&1
 python3 -m isd bench "$fmnist" --dataset fashion-mnist --recipe isd-r18-fmnist --modes compute e2e --steps 100 \
-  --out "$out/bench_fmnist.json" >> "$out/bench.log" 2>&1
+  --profile "$out/profiles" --out "$out/bench_fmnist.json" >> "$out/bench.log" 2>&1
 timeout 240 python3 -m isd bench "$fmnist" --dataset fashion-mnist --recipe isd-r18-fmnist --modes compute e2e \
   --steps 100 --set compile=reduce-overhead --out "$out/bench_fmnist_compiled.json" >> "$out/bench.log" 2>&1
 if [ -f "$original/train_isd.py" ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,21 @@ def test_step_ops_counts_each_phase_of_a_real_step(image_root):
     assert all(n > 0 for n in ops.values()) and row["total_ops"] == sum(ops.values())
     assert row["pipeline"] == "device" and row["phases"]["teacher+queue"]["most"].get("_foreach_mul_") == 1
     assert row["phases"]["optimizer"]["host_round_trips"] == 0
+
+
+def test_profile_writes_an_operator_table_per_setting(tmp_path, capsys):
+    out, tables = tmp_path / "bench.json", tmp_path / "profiles"
+    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "0",
+            "--synthetic-images", "16", "--set", "num_workers=0", "--modes", "compute", "--device", "cpu",
+            "--vary", "amp=off,bf16", "--profile", str(tables), "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())["results"]
+    files = sorted(tables.glob("*.txt"))
+    assert [Path(r["profile"]["file"]).name for r in results] == [f.name for f in files] and len(files) == 2
+    assert all(r["profile"]["steps"] == 2 and r["profile"]["wall_ms_per_step"] > 0 for r in results)
+    assert "aten::convolution_backward" in files[0].read_text() and "Self CPU" in files[0].read_text()
+    printed = capsys.readouterr()
+    assert "profile: " in printed.out and "ERROR" not in printed.err
 
 
 def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):

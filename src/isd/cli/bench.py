@@ -48,6 +48,9 @@ def register(sub) -> None:
                    "grid: each value of a config key in turn (repeatable), e.g. --vary amp=off,bf16 --vary "
                    "data_pipeline=workers,device")
     p.add_argument("--out", help="also write the rows and provenance to this JSON file")
+    p.add_argument("--profile", metavar="DIR", help="also profile 10 end-to-end steps of each setting with "
+                   "torch.profiler: one operator table per setting in DIR; on a GPU the kernels per step and the "
+                   "share of the wall time the GPU computes go into the results")
     p.set_defaults(handler=run_bench, flags=Flags(p, keys={"size": "image_size", "batch": "batch_size"},
                                                   otherwise=set_flag))
 
@@ -58,6 +61,8 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {getattr(args, name)}")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise UsageError(f"--out {args.out}: its folder does not exist")
+    if args.profile and Path(args.profile).exists() and not Path(args.profile).is_dir():
+        raise UsageError(f"--profile {args.profile}: not a folder")
 
 
 def varied(pairs: list[str]) -> list[list[str]]:
@@ -95,8 +100,12 @@ def run_bench(args: argparse.Namespace) -> int:
         rows = []
         print(f"{'method':10s} {'arch':9s} {'size':>4s} {'batch':>5s} {'precision':9s} {'pipeline':8s} "
               f"{'compile':8s} {'mode':7s} {'images/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
-        for cfg in configs:
-            result = bench(cfg, tuple(args.modes), args.steps, args.warmup)
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+        for index, cfg in enumerate(configs):
+            table = (Path(args.profile) / f"{index:02d}-{cfg.method}-{cfg.arch}-{cfg.image_size or 'native'}-"
+                     f"{cfg.batch_size}.txt") if args.profile else None
+            result = bench(cfg, tuple(args.modes), args.steps, args.warmup, table)
             rows.append(result)
             precision = result["precision"] + ("+cl" if result["channels_last"] else "")  # channels_last
             for row in result["rows"]:
@@ -107,6 +116,11 @@ def run_bench(args: argparse.Namespace) -> int:
                       f"{row['images_per_s']:9.1f} {tflops:>8s} {mfu:>6s}", flush=True)
             if cfg.compile != "off":
                 print(f"  first step (compiling): {result['first_step_seconds']:.1f} s", flush=True)
+            if "profile" in result:
+                prof = result["profile"]
+                gpu = (f", {prof['kernels_per_step']:.0f} kernels a step, the GPU busy "
+                       f"{prof['kernel_time_over_wall']:.0%} of the time" if "kernels_per_step" in prof else "")
+                print(f"  profile: {prof['wall_ms_per_step']:.1f} ms a step{gpu}; table in {prof['file']}", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     if args.out:
         Path(args.out).write_text(json.dumps({**provenance(device), "results": rows}, indent=1))

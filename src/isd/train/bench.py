@@ -14,10 +14,12 @@ its data sheet.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,6 +30,7 @@ from isd.train.loop import EpochRunner, build, use_bf16
 from isd.train.runlog import RunLog
 
 MODES = ("compute", "data", "e2e")
+PROFILED_STEPS = 10  # enough to see a step's pattern; a trace of every op and kernel grows with each step
 # dense tensor-core peaks from the vendors' data sheets, FLOP/s (SXM parts)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 PEAK_FP32 = {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "L4": 30.3e12, "A10": 31.2e12}
@@ -73,8 +76,11 @@ def _endless(loader) -> Iterator[Batch]:
         epoch += 1
 
 
-def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: int = 5) -> dict:
-    """Speed of `cfg`'s training on its data, one row per mode, plus FLOPs per image and MFU."""
+def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: int = 5,
+          profile_to: Path | None = None) -> dict:
+    """Speed of `cfg`'s training on its data, one row per mode, plus FLOPs per image and MFU; with `profile_to`,
+    also up to PROFILED_STEPS end-to-end steps under torch.profiler: its table to that file, its summary in the
+    result."""
     with tempfile.TemporaryDirectory(prefix="isd_bench_") as tmp:
         cfg.run_dir, cfg.resume = tmp, None
         setup = build(cfg, log=lambda _: None)
@@ -101,6 +107,9 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
             seconds = _timed(setup.device, work[mode], steps, warmup + (loader.ahead if mode != "compute" else 0))
             rows.append(Speed(mode, round(steps * cfg.batch_size / seconds, 1), round(seconds, 3), steps,
                               cfg.batch_size))
+        profiled = None
+        if profile_to is not None:
+            profiled = profile_steps(setup.device, work["e2e"], min(steps, PROFILED_STEPS), profile_to)
         bf16 = use_bf16(cfg, setup.device)
         peak = peak_flops(setup.device, bf16)
         out = []
@@ -117,4 +126,39 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
                 "pipeline": loader.pipeline,
                 "first_step_seconds": round(first_step, 2),
                 "gflops_per_image": round(per_image / 1e9, 3), "peak_tflops": peak / 1e12 if peak else None,
-                "rows": out}
+                "rows": out, **({"profile": profiled} if profiled is not None else {})}
+
+
+def profile_steps(device: torch.device, work, steps: int, table_path: Path) -> dict:
+    """Run `work` `steps` times under torch.profiler; write its operator table (sorted by the device's time on a
+    GPU, the host's on a CPU) to `table_path`; return the wall time per step and, on a GPU, the kernels per step
+    and the kernels' time over the wall time (below 1: the GPU waits for the host)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    if not on_gpu:
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # else the profiler logs an error for the missing GPU
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            work()
+        _sync(device)
+        wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    sort = "self_cpu_time_total"
+    summary: dict = {"file": str(table_path), "steps": steps, "wall_ms_per_step": round(wall / steps * 1e3, 3)}
+    if on_gpu:
+        try:
+            newer = hasattr(averages[0], "self_device_time_total")
+            sort = "self_device_time_total" if newer else "self_cuda_time_total"
+            kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            kernel_us = sum(e.time_range.elapsed_us() for e in kernels)
+            summary.update(kernels_per_step=round(len(kernels) / steps, 1),
+                           kernel_time_over_wall=round(kernel_us / 1e6 / wall, 3))
+        except Exception as err:  # a profiler of another torch version: keep the table, say what failed
+            summary["summary_error"] = f"{type(err).__name__}: {err}"
+    table_path.write_text(averages.table(sort_by=sort, row_limit=40))
+    return summary
