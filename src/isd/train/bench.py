@@ -138,7 +138,7 @@ def profile_steps(device: torch.device, work, steps: int, table_path: Path) -> d
 
     on_gpu = device.type == "cuda"
     if not on_gpu:
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # else the profiler logs an error for the missing GPU
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler logs its start, stop and the missing GPU
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     _sync(device)
     with profile(activities=activities) as prof:
