@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from isd.config import Config
@@ -133,9 +135,6 @@ def profile_steps(device: torch.device, work, steps: int, table_path: Path) -> d
     """Run `work` `steps` times under torch.profiler; write its operator table (sorted by the device's time on a
     GPU, the host's on a CPU) to `table_path`; return the wall time per step and, on a GPU, the kernels per step
     and the kernels' time over the wall time (below 1: the GPU waits for the host)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     on_gpu = device.type == "cuda"
     if not on_gpu:
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler logs its start, stop and the missing GPU
