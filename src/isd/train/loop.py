@@ -188,7 +188,7 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
         first = first if len(first) <= 300 else first[:300] + "..."
         raise SettingError("checkpoint {path} does not fit this model ({first}); check {arch}, {queue_size} and "
                            "the method's heads", path=path, first=first) from None
-    kernel = [(group["fused"], group["foreach"]) for group in setup.optimizer.param_groups]
+    kernel = [(group.get("fused"), group.get("foreach")) for group in setup.optimizer.param_groups]
     try:
         setup.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as err:
