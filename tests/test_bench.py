@@ -158,6 +158,7 @@ def test_mfu_peak_is_the_chips_data_sheet_figure(monkeypatch):
     (["bench", "--steps", "0"], "--steps must be in"),
     (["bench", "--out", "/no/such/folder/b.json"], "its folder does not exist"),
     (["bench", "--batch", "1"], "batch"),
+    (["bench", "--profile", "/dev/null/profiles"], "--profile /dev/null/profiles: the folder cannot be made"),
 ])
 def test_bench_refuses_bad_values_in_one_line(argv, message, capsys):
     assert main(argv) == 2

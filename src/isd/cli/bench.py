@@ -63,6 +63,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out}: its folder does not exist")
     if args.profile and Path(args.profile).exists() and not Path(args.profile).is_dir():
         raise UsageError(f"--profile {args.profile}: not a folder")
+    if args.profile:
+        try:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--profile {args.profile}: the folder cannot be made ({err.strerror})") from None
 
 
 def varied(pairs: list[str]) -> list[list[str]]:
@@ -100,8 +105,6 @@ def run_bench(args: argparse.Namespace) -> int:
         rows = []
         print(f"{'method':10s} {'arch':9s} {'size':>4s} {'batch':>5s} {'precision':9s} {'pipeline':8s} "
               f"{'compile':8s} {'mode':7s} {'images/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
-        if args.profile:
-            Path(args.profile).mkdir(parents=True, exist_ok=True)
         for index, cfg in enumerate(configs):
             table = (Path(args.profile) / f"{index:02d}-{cfg.method}-{cfg.arch}-{cfg.image_size or 'native'}-"
                      f"{cfg.batch_size}.txt") if args.profile else None
