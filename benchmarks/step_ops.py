@@ -12,14 +12,12 @@ copy on a GPU (image files' views also count the host-side crop boxes, which sta
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -28,28 +26,9 @@ from isd.config import build_config  # noqa: E402
 from isd.data.batches import batches_of  # noqa: E402
 from isd.data.synthetic import jpeg_folder  # noqa: E402
 from isd.experiments.provenance import provenance  # noqa: E402
+from isd.train.bench import OpCounter  # noqa: E402
 from isd.train.loop import EpochRunner, build  # noqa: E402
 from isd.train.runlog import RunLog  # noqa: E402
-
-# a tensor made from Python data, or a value read back: on a GPU a blocking copy, which waits for the queued kernels
-HOST_ROUND_TRIPS = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "item", "is_nonzero"}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the operations that reach a backend kernel (views, which launch nothing, are left out), by phase."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.phase = "forward+loss+backward"
-        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.counts[self.phase][func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-    def round_trips(self, phase: str) -> int:
-        return sum(n for name, n in self.counts[phase].items() if name in HOST_ROUND_TRIPS)
 
 
 def in_phase(counter: OpCounter, name: str, fn):

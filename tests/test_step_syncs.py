@@ -7,32 +7,17 @@ would copy are seen by name (torch's dispatcher), before any GPU runs them.
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import isd.train.loop as loop
 from conftest import single_thread, tiny_values
 from isd.config import build_config
 from isd.data.batches import batches_of, view_augments
 from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
+from isd.train.bench import OpCounter
 from isd.train.loop import EpochRunner
 from isd.train.runlog import RunLog
-
-HOST_ROUND_TRIPS = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "item", "is_nonzero"}
-
-
-class HostRoundTrips(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in HOST_ROUND_TRIPS:
-            self.seen[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def rgb_source(*_args, **_kwargs) -> Source:
@@ -52,11 +37,11 @@ def test_an_in_memory_step_stays_on_the_device(method, tmp_path, monkeypatch):
         runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), RunLog(setup.run_dir, False))
         batches = loader.epoch(1)
         runner.step(next(batches), 0)  # the first step builds the optimizer's state and the queue's cursor
-        watch = HostRoundTrips()
+        watch = OpCounter()
         with watch:
             for step in (1, 2):
                 runner.step(next(batches), step)
-    assert not watch.seen, dict(watch.seen)
+    assert watch.round_trips() == 0, dict(watch.counts["all"])
 
 
 def test_the_views_keep_their_constants_on_the_training_device():

@@ -14,6 +14,7 @@ its data sheet.
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from isd.config import Config
@@ -161,3 +163,24 @@ def profile_steps(device: torch.device, work, steps: int, table_path: Path) -> d
             summary["summary_error"] = f"{type(err).__name__}: {err}"
     table_path.write_text(averages.table(sort_by=sort, row_limit=40))
     return summary
+
+
+# a tensor made from Python data, or a value read back: on a GPU a blocking copy, which waits for the queued kernels
+HOST_ROUND_TRIPS = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "item", "is_nonzero"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operations that reach a backend kernel (views, which launch nothing, are left out), by phase."""
+
+    def __init__(self, phase: str = "all") -> None:
+        super().__init__()
+        self.phase = phase
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.counts[self.phase][func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    def round_trips(self, phase: str = "all") -> int:
+        return sum(n for name, n in self.counts[phase].items() if name in HOST_ROUND_TRIPS)
