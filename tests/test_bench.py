@@ -30,11 +30,16 @@ def test_synthetic_folder_has_photo_sized_jpegs_and_is_reused(tmp_path):
     assert files[0].stat().st_mtime_ns == stamp
 
 
+def tiny_bench(out: Path, *extra: str, steps: int = 2, warmup: int = 1, images: int = 32) -> list[str]:
+    """`isd bench` of a width-8 ResNet-18 on 32 px crops of a small synthetic folder, on the CPU, into `out`."""
+    return ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", str(steps), "--warmup",
+            str(warmup), "--synthetic-images", str(images), "--set", "num_workers=0", "--device", "cpu", *extra,
+            "--out", str(out)]
+
+
 def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1",
-            "--synthetic-images", "32", "--set", "num_workers=0", "--device", "cpu", "--set", "amp=off",
-            "--set", "channels_last=off", "--out", str(out)]
+    argv = tiny_bench(out, "--set", "amp=off", "--set", "channels_last=off")
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["torch"] == torch.__version__ and result["device"].startswith("CPU")
@@ -61,9 +66,8 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
 
 def test_vary_adds_a_dimension_per_key(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "1", "--warmup", "0",
-            "--synthetic-images", "16", "--set", "num_workers=0", "--modes", "compute", "--device", "cpu",
-            "--vary", "amp=off,bf16", "--vary", "channels_last=off,on", "--out", str(out)]
+    argv = tiny_bench(out, "--modes", "compute", "--vary", "amp=off,bf16", "--vary", "channels_last=off,on",
+                      steps=1, warmup=0, images=16)
     assert main(argv) == 0
     got = [(r["precision"], r["channels_last"]) for r in json.loads(out.read_text())["results"]]
     assert got == [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
@@ -73,9 +77,7 @@ def test_vary_adds_a_dimension_per_key(tmp_path, capsys):
 
 def test_bench_measures_the_device_pipeline_of_a_folder(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1",
-            "--synthetic-images", "32", "--set", "num_workers=0", "--set", "data_pipeline=device", "--modes", "data",
-            "--device", "cpu", "--out", str(out)]
+    argv = tiny_bench(out, "--set", "data_pipeline=device", "--modes", "data")
     assert main(argv) == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["pipeline"] == "device" and row["rows"][0]["mode"] == "data" and row["rows"][0]["images_per_s"] > 0
@@ -132,9 +134,8 @@ def test_step_ops_counts_each_phase_of_a_real_step(image_root):
 
 def test_profile_writes_an_operator_table_per_setting(tmp_path, capfd):
     out, tables = tmp_path / "bench.json", tmp_path / "profiles"
-    argv = ["bench", "--set", "width=8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "0",
-            "--synthetic-images", "16", "--set", "num_workers=0", "--modes", "compute", "--device", "cpu",
-            "--vary", "amp=off,bf16", "--profile", str(tables), "--out", str(out)]
+    argv = tiny_bench(out, "--modes", "compute", "--vary", "amp=off,bf16", "--profile", str(tables), warmup=0,
+                      images=16)
     assert main(argv) == 0
     results = json.loads(out.read_text())["results"]
     files = sorted(tables.glob("*.txt"))
