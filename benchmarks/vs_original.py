@@ -45,6 +45,7 @@ CPU_PATCHES = {
 }
 # isd's wrappers take the original flags; --device and --seed are isd's own
 COMMON_FLAGS = ["--epochs", "2", "--save_freq", "100", "--print_freq", "1"]
+QUEUED_SCRIPTS = ("train_isd.py", "train_isd_plus.py")  # train_byol.py has no queue, nor its flag
 
 
 def run(cmd: list[str], env: dict, log: Path, timeout: int) -> float:
@@ -77,7 +78,9 @@ def measure(script: str, args, data: Path, work: Path) -> dict:
     tenant's load on a VM, falls on both); images/s is the median of each side's runs."""
     images = (args.images // args.batch) * args.batch  # drop_last: the images an epoch trains on
     flags = [str(data), *COMMON_FLAGS, "--batch_size", str(args.batch), "--num_workers", str(args.workers),
-             "--arch", args.arch, "--queue_size", str(args.queue)]
+             "--arch", args.arch]
+    if script in QUEUED_SCRIPTS:
+        flags += ["--queue_size", str(args.queue)]
     if script == "train_isd_plus.py":
         flags += ["--augmentation", "weak/strong"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -4,6 +4,7 @@ import torchvision.transforms.v2.functional as TF
 
 from isd.data import batch_augment as A
 from isd.data.batch_augment import BatchAugment, two_views
+from isd.train.bench import OpCounter
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MEAN1, STD1 = (0.286,), (0.353,)
@@ -149,6 +150,43 @@ def test_views_differ_and_samples_are_independent():
     assert key.shape == query.shape == (8, 1, 28, 28)
     assert not torch.allclose(key, query)
     assert not torch.allclose(key[0], key[1])  # one image, different augmentations per sample
+
+
+@pytest.mark.parametrize("recipe", ["strong", "weak", "none"])
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("files", [False, True])
+def test_two_views_of_one_recipe_are_one_batch_with_the_pixels_of_two_calls(recipe, c, files):
+    """One BatchAugment for both views: one batch of 2B (half the operations), the same bits as key then query."""
+    mean, std = (MEAN1, STD1) if c == 1 else (MEAN3, STD3)
+    aug = BatchAugment(recipe, 24, mean, std)
+    if files:  # decoded image files of their own sizes, cropped on the host
+        images = [_images(1, c, 20 + 3 * i, seed=i)[0, :, :, : 36 - 2 * i] for i in range(6)]
+    else:
+        images = _images(12, c, 28)
+    gen, crops = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    separate = aug(images, gen, crops), aug(images, gen, crops)
+    watch = OpCounter()
+    with watch:
+        paired = two_views(images, aug, aug, torch.Generator().manual_seed(3), torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(separate, paired))
+    with OpCounter() as one_call:
+        aug(images, torch.Generator().manual_seed(3), torch.Generator().manual_seed(4))
+    ops = sum(watch.counts["all"].values())
+    if recipe != "none" and not files:  # a file batch's per-image crops stay one per image and view
+        assert ops < 1.2 * sum(one_call.counts["all"].values())
+
+
+def test_uniforms_of_two_views_hand_out_each_views_numbers_in_sample_order():
+    numbers = torch.arange(12.0)  # view 0: 0..5, view 1: 6..11
+    draws = A.Uniforms(numbers, views=2)
+    assert draws.take(4).tolist() == [0, 1, 6, 7]
+    assert draws.take(2, 2).tolist() == [[2, 3], [8, 9]]
+    assert not draws.all_used()
+    assert draws.take(4).tolist() == [4, 5, 10, 11] and draws.all_used()
+    with pytest.raises(ValueError):
+        draws.take(2)
+    with pytest.raises(ValueError):
+        A.Uniforms(numbers, views=2).take(3)  # 3 samples do not split into 2 views
 
 
 def test_color_jitter_probability():

@@ -71,17 +71,18 @@ def test_compiled_networks_train_with_the_eager_losses(image_root, tmp_path, mon
 @pytest.mark.parametrize("channels, recipe", [(1, "strong"), (3, "strong"), (3, "weak"), (3, "none")])
 def test_compiled_pixel_work_makes_the_eager_views(channels, recipe):
     """The draws stay eager and the same; the compiled pixel work (aot_eager: dynamo's graph, without inductor's
-    code generation) gives the eager views to the bit, for a batch in memory and for a list of decoded files."""
+    code generation) gives the eager views to the bit, for a batch in memory and for a list of decoded files, one
+    view at a time or both views as one batch."""
     eager = BatchAugment(recipe, 24, [0.5] * channels, [0.25] * channels)
     compiled = BatchAugment(recipe, 24, [0.5] * channels, [0.25] * channels)
     compiled.compile_pixels(backend="aot_eager")
     batch = torch.randint(0, 256, (16, channels, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     files = [batch[i, :, : 20 + i, : 30 - i] for i in range(16)]
-    for seed in range(2):
-        assert torch.equal(compiled(batch, torch.Generator().manual_seed(seed)),
-                           eager(batch, torch.Generator().manual_seed(seed)))
-        assert torch.equal(compiled(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9)),
-                           eager(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9)))
+    for seed, views in [(0, 1), (1, 1), (2, 2)]:
+        assert torch.equal(compiled(batch, torch.Generator().manual_seed(seed), views=views),
+                           eager(batch, torch.Generator().manual_seed(seed), views=views))
+        assert torch.equal(compiled(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9), views),
+                           eager(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9), views))
 
 
 @pytest.mark.slow

@@ -26,22 +26,34 @@ class Uniforms:
     """The uniform numbers of one torch.rand draw, handed out in order. A view draws all its numbers at once
     (one call instead of ~20, and the work after it is a pure function that torch.compile can fuse); on a CPU
     generator one draw of n + m numbers is the same as draws of n then m, so the views are those of
-    separate draws to the bit."""
+    separate draws to the bit.
 
-    def __init__(self, numbers: Tensor) -> None:
-        self.numbers, self.used = numbers, 0
+    `views` > 1: the draw holds that many views' numbers, one view's after the other, for a batch made of the
+    views' samples one view after the other; each `take` hands out every view's next numbers, in sample order."""
+
+    def __init__(self, numbers: Tensor, views: int = 1) -> None:
+        self.numbers, self.views, self.used = numbers, views, 0
+        self.rows = numbers.view(views, -1)  # one row per view
 
     @classmethod
-    def drawn(cls, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None):
-        return cls(torch.rand(n, generator=generator, device=device))
+    def drawn(cls, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+              views: int = 1):
+        """`n` numbers in all (`views` views' worth)."""
+        return cls(torch.rand(n, generator=generator, device=device), views)
 
     def take(self, *shape: int) -> Tensor:
-        n = math.prod(shape)
-        if self.used + n > self.numbers.numel():
-            raise ValueError(f"{self.numbers.numel()} uniform numbers drawn, {self.used + n} asked for")
-        out = self.numbers[self.used:self.used + n].view(shape)
+        """`shape` is the whole batch's (its first dimension counts the samples of every view)."""
+        if shape[0] % self.views:
+            raise ValueError(f"{shape[0]} samples do not split into {self.views} views")
+        n = math.prod(shape) // self.views
+        if self.used + n > self.rows.shape[1]:
+            raise ValueError(f"{self.rows.shape[1]} uniform numbers drawn per view, {self.used + n} asked for")
+        out = self.rows[:, self.used:self.used + n].reshape(shape)  # a view when there is one row
         self.used += n
         return out
+
+    def all_used(self) -> bool:
+        return self.used == self.rows.shape[1]
 
     def uniform(self, low: float, high: float, n: int) -> Tensor:
         return low + (high - low) * self.take(n)
@@ -67,14 +79,16 @@ def sample_crop_boxes(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    views: int = 1,
 ) -> Tensor:
     """Boxes ``[n, 4]`` = (top, left, h, w) in integer pixels, sampled like torchvision's RandomResizedCrop.
 
     ``height`` and ``width`` are one size for the whole batch or ``[n]`` tensors, one size per sample (image
     files). All ``CROP_TRIES`` candidates are drawn at once; each sample keeps its first candidate that fits and
-    falls back to torchvision's central crop when none does.
+    falls back to torchvision's central crop when none does. ``views`` > 1: the n samples are that many views
+    of n / views images, with the boxes of as many draws one after the other.
     """
-    return crop_boxes(Uniforms.drawn(crop_draws(n), generator, device), n, height, width, scale, ratio)
+    return crop_boxes(Uniforms.drawn(crop_draws(n), generator, device, views), n, height, width, scale, ratio)
 
 
 def crop_draws(n: int) -> int:
@@ -382,18 +396,22 @@ class BatchAugment(torch.nn.Module):
         return f"recipe={self.recipe!r}, size={self.size}, scale={self.scale}, ratio={self.ratio}"
 
     def forward(self, images: Tensor | Sequence[Tensor], generator: torch.Generator | None = None,
-                crop_generator: torch.Generator | None = None) -> Tensor:
+                crop_generator: torch.Generator | None = None, views: int = 1) -> Tensor:
         """uint8 ``[B, C, H, W]`` (C = 1 or 3), or a list of uint8 ``[C, H_i, W_i]`` images of any sizes (decoded
         image files) -> normalised float32 ``[B, C, size, size]``. A list's crops are drawn on the host from
         ``crop_generator`` (a CPU generator) and made image by image; every other random number comes from
-        ``generator``, in one draw per view, and the rest of the view is one function of the images and that draw."""
+        ``generator``, in one draw per view, and the rest of the view is one function of the images and that draw.
+
+        ``views`` > 1: that many views of the images as one batch ``[views * B, C, size, size]`` (view v in rows
+        v·B to (v+1)·B), the same pixels as that many calls one after the other, with a fraction of the
+        operations (`two_views`)."""
         if isinstance(images, Tensor):
-            x, cropped = images, False
+            x, cropped, b = images, False, images.shape[0]
         else:
-            x, cropped = self._crop_each(images, crop_generator), True
-        n = self.draws_per_view(x.shape[0], x.shape[1], cropped)
+            x, cropped, b = self._crop_each(images, crop_generator, views), True, len(images)
+        n = views * self.draws_per_view(b, x.shape[1], cropped)
         numbers = torch.rand(n, generator=generator, device=x.device) if n else x.new_empty(0, dtype=torch.float32)
-        return self._view(x, numbers, cropped)
+        return self._view(x, numbers, cropped, views)
 
     def draws_per_view(self, b: int, channels: int, cropped: bool = False) -> int:
         """How many uniform numbers one view of `b` images takes (crop boxes unless `cropped`, flip, jitter,
@@ -411,11 +429,14 @@ class BatchAugment(torch.nn.Module):
         networks' CUDA graphs replay."""
         self._view = torch.compile(self._view_work, backend=backend, dynamic=False)
 
-    def _view_work(self, x: Tensor, numbers: Tensor, cropped: bool) -> Tensor:
-        """uint8 images (or, when `cropped`, a float batch already cropped and resized) -> the view."""
+    def _view_work(self, x: Tensor, numbers: Tensor, cropped: bool, views: int = 1) -> Tensor:
+        """uint8 images (or, when `cropped`, a float batch already cropped and resized, every view's) -> the
+        views."""
+        if views > 1 and not cropped:
+            x = x.repeat(views, 1, 1, 1)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         b, c, h, w = x.shape
-        draws = Uniforms(numbers)
+        draws = Uniforms(numbers, views)
         if self.recipe == "none":
             if (h, w) != (self.size, self.size):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
@@ -430,27 +451,37 @@ class BatchAugment(torch.nn.Module):
             x = apply_jitter(x, jitter_draws(draws, b))
             x = apply_grayscale(x, grayscale_draws(draws, b, c))
             x = apply_blur(x, blur_draws(draws, b, self.blur_prob))
-        if draws.used != numbers.numel():
-            raise AssertionError(f"a view drew {numbers.numel()} numbers and used {draws.used}")
+        if not draws.all_used():
+            raise AssertionError(f"a view drew {numbers.numel() // views} numbers and used {draws.used}")
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def _crop_each(self, images: Sequence[Tensor], crop_generator: torch.Generator | None) -> Tensor:
-        """Each image cropped at its own box and resized: float ``[n, C, size, size]`` in [0, 1]."""
+    def _crop_each(self, images: Sequence[Tensor], crop_generator: torch.Generator | None, views: int = 1) -> Tensor:
+        """Each image cropped at its own box (`views` boxes each) and resized: float ``[views * n, C, size, size]``
+        in [0, 1]."""
+        images = list(images) * views
         heights = torch.tensor([image.shape[-2] for image in images], dtype=torch.float32)
         widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.float32)
         if self.recipe == "none":
             boxes = torch.stack([torch.zeros_like(heights), torch.zeros_like(widths), heights, widths], dim=1)
         else:
-            boxes = sample_crop_boxes(len(images), heights, widths, self.scale, self.ratio, crop_generator)
+            boxes = sample_crop_boxes(len(images), heights, widths, self.scale, self.ratio, crop_generator,
+                                      views=views)
         x = resized_crop_each(images, boxes, self.size)
         return x / 255 if images[0].dtype == torch.uint8 else x
 
 
 def two_views(
-    images: Tensor,
+    images: Tensor | Sequence[Tensor],
     key_aug: BatchAugment,
     query_aug: BatchAugment,
     generator: torch.Generator | None = None,
+    crop_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(key_view, query_view): two independent augmentations of the same batch."""
-    return key_aug(images, generator), query_aug(images, generator)
+    """(key_view, query_view): two independent augmentations of the same batch, the key's drawn first. When both
+    views follow one recipe (one `BatchAugment` for both), as one batch of twice the size: half the operations
+    (a small-image step on a GPU is bound by their launches), and on a CPU the same pixels to the bit."""
+    if key_aug is query_aug:
+        both = key_aug(images, generator, crop_generator, views=2)
+        key, query = both.chunk(2)
+        return key, query
+    return key_aug(images, generator, crop_generator), query_aug(images, generator, crop_generator)

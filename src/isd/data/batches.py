@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from isd.data.batch_augment import BatchAugment
+from isd.data.batch_augment import BatchAugment, two_views
 from isd.data.decode import decode_all, encoded_or_rgb, jpeg_decoder_problem, open_rgb, rgb_tensor
 from isd.data.pil_augment import eval_transform, train_transform
 from isd.data.sources import Source
@@ -85,7 +85,7 @@ def view_augments(cfg, size: int, source: Source, device: torch.device | None = 
                   training: bool = False) -> tuple[BatchAugment, BatchAugment]:
     """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files), with their
     constants on `device`; for training, with their pixel work compiled when `cfg.compile` asks (a training
-    batch keeps one shape)."""
+    batch keeps one shape). One recipe for both: one object, twice, which `two_views` makes as one batch."""
     def views(recipe: str) -> BatchAugment:
         aug = BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
         aug = aug.to(device) if device is not None else aug
@@ -93,7 +93,8 @@ def view_augments(cfg, size: int, source: Source, device: torch.device | None = 
             aug.compile_pixels()
         return aug
 
-    return views(cfg.key_aug), views(cfg.query_aug)
+    key = views(cfg.key_aug)
+    return key, (key if cfg.query_aug == cfg.key_aug else views(cfg.query_aug))
 
 
 def batches_of(source: Source) -> Batches:
@@ -180,9 +181,7 @@ class TensorLoader:
             # views of the whole global batch from one seeded generator, then this rank's slice: identical
             # data for any number of processes (augmenting a 28 px batch is cheap next to the network)
             gen.manual_seed(mix_seed(s.seed, epoch, step))
-            images = self.images[batch]
-            key = self.key_aug(images, generator=gen)
-            query = self.query_aug(images, generator=gen)
+            key, query = two_views(self.images[batch], self.key_aug, self.query_aug, gen)
             mine = slice(s.rank * s.local, (s.rank + 1) * s.local)
             yield Batch(key[mine], query[mine], self.targets[batch][mine], [])
 
@@ -370,12 +369,12 @@ class DeviceFileLoader:
             stand_in = next(i for i, image in enumerate(images) if image is not None)
             if unreadable:  # the workers could open these but not decode them: replaced
                 labels[unreadable] = int(labels[stand_in])
-            ready = [images[stand_in] if image is None else image for image in images]
+            ready: list[Tensor] = [images[stand_in] if image is None else image  # type: ignore[misc]
+                                   for image in images]
             seed = mix_seed(s.seed, epoch, step, s.rank)
             gen.manual_seed(seed)
             crops.manual_seed(seed)
-            key = self.key_aug(ready, gen, crops)
-            query = self.query_aug(ready, gen, crops)
+            key, query = two_views(ready, self.key_aug, self.query_aug, gen, crops)
             paths = [self.source.files[i] for i in bad] + [self.source.files[own[i]] for i in unreadable if own[i] >= 0]
             yield Batch(key, query, labels.to(self.device, non_blocking=True), paths)
 

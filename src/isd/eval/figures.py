@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isd.data.batch_augment import BatchAugment
+from isd.data.batch_augment import BatchAugment, two_views
 from isd.data.batches import batches_of, view_augments
 from isd.data.sources import Source
 from isd.eval.features import extract_features
@@ -64,7 +64,7 @@ def neighbour_rows(model: ISD, cfg, source: Source, size: int, device: torch.dev
         bank.append(model.teacher_embed(views.to(device)))
     bank_views_all, bank_all = torch.cat(bank_views), torch.cat(bank)
     chosen = images.uint8(query_idx, size)
-    key_views, query_views = key_aug(chosen, generator=gen), query_aug(chosen, generator=gen)
+    key_views, query_views = two_views(chosen, key_aug, query_aug, gen)
     k = model.teacher_embed(key_views.to(device))
     q = model.student_embed(query_views.to(device))
     temp_t, temp_s = model.temp_teacher, model.temp_student
