@@ -457,8 +457,10 @@ class BatchAugment(torch.nn.Module):
 
     def _crop_each(self, images: Sequence[Tensor], crop_generator: torch.Generator | None, views: int = 1) -> Tensor:
         """Each image cropped at its own box (`views` boxes each) and resized: float ``[views * n, C, size, size]``
-        in [0, 1]."""
-        images = list(images) * views
+        in [0, 1]. With several views each image is converted to float once, not once per view (the same
+        numbers: the conversion is exact)."""
+        scale = 255 if images[0].dtype == torch.uint8 else 1
+        images = [image.float() for image in images] * views if views > 1 else list(images)
         heights = torch.tensor([image.shape[-2] for image in images], dtype=torch.float32)
         widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.float32)
         if self.recipe == "none":
@@ -467,7 +469,7 @@ class BatchAugment(torch.nn.Module):
             boxes = sample_crop_boxes(len(images), heights, widths, self.scale, self.ratio, crop_generator,
                                       views=views)
         x = resized_crop_each(images, boxes, self.size)
-        return x / 255 if images[0].dtype == torch.uint8 else x
+        return x / scale if scale != 1 else x
 
 
 def two_views(
