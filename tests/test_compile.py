@@ -15,7 +15,9 @@ from conftest import single_thread, tiny_values
 from isd import checkpoint as ck
 from isd.config import build_config
 from isd.data.batch_augment import BatchAugment
+from isd.data.batches import batches_of
 from isd.methods import build_method
+from isd.train.runlog import RunLog
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -81,8 +83,9 @@ def test_compiled_pixel_work_makes_the_eager_views(channels, recipe):
     for seed, views in [(0, 1), (1, 1), (2, 2)]:
         assert torch.equal(compiled(batch, torch.Generator().manual_seed(seed), views=views),
                            eager(batch, torch.Generator().manual_seed(seed), views=views))
-        assert torch.equal(compiled(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9), views),
-                           eager(files, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9), views))
+        crops = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+        assert torch.equal(compiled(files, torch.Generator().manual_seed(seed), crops[0], views),
+                           eager(files, torch.Generator().manual_seed(seed), crops[1], views))
 
 
 @pytest.mark.slow
@@ -97,3 +100,36 @@ def test_compile_modes_are_checked():
 
     with pytest.raises(SettingError, match="compile"):
         build_config(None, {"data": "x", "compile": "fast"})
+
+
+@pytest.mark.parametrize("method, augmentation, views", [("isd", "strong/strong", 1), ("isd-plus", "weak/strong", 2)])
+def test_compiled_training_never_recompiles_nor_breaks_its_graphs(method, augmentation, views, tmp_path, monkeypatch):
+    """A graph break or a recompilation per step (a guard on a changing Python value) would run a compiled step
+    partly eager, and `reduce-overhead`'s CUDA graphs would be captured again and again: after the first step
+    no new graph is made, through a second epoch (a new learning rate), and dynamo breaks none."""
+    from torch._dynamo.utils import counters
+
+    from test_step_syncs import rgb_source
+
+    monkeypatch.setattr(loop, "load_source", rgb_source)
+    monkeypatch.setattr(loop, "compile_networks", functools.partial(loop.compile_networks, backend="aot_eager"))
+    monkeypatch.setattr(BatchAugment, "compile_pixels", functools.partialmethod(BatchAugment.compile_pixels,
+                                                                                backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    values = tiny_values(tmp_path, tmp_path / "run", method=method, augmentation=augmentation, compile="default",
+                         amp="off", epochs=2, schedule="cos", print_freq=100)
+    with single_thread():
+        setup = loop.build(build_config(None, values), log=lambda _: None)
+        loader = batches_of(setup.source).two_views(setup.cfg, setup.size, setup.device)
+        runner = loop.EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), RunLog(setup.run_dir, False))
+        runner.steps = 1
+        runner(1, 0)
+        first = counters["stats"]["unique_graphs"]
+        runner.steps = loader.steps_per_epoch()
+        runner(1, 1)
+        runner(2, 0)
+    # the student, predictor and teacher, and one graph per distinct view recipe
+    assert first == 3 + views
+    assert counters["stats"]["unique_graphs"] == first
+    assert not counters["graph_break"], dict(counters["graph_break"])
