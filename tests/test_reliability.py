@@ -207,6 +207,45 @@ def test_nonfinite_teacher_weight_is_named():
         NonFiniteGuard(model, "stop").check(epoch=5, lr=0.1)
 
 
+def guarded_steps(guard: NonFiniteGuard, model, steps: dict[int, str], n: int) -> None:
+    """`n` steps through the guard; `steps` maps a step to what is bad in it: the loss, a gradient or a stat."""
+    for step in range(n):
+        what = steps.get(step)
+        model.student.weight.grad = torch.full_like(model.student.weight, float("nan") if what == "grad" else 1.0)
+        model.student.bias.grad = torch.ones_like(model.student.bias)
+        loss = torch.tensor(float("inf") if what == "loss" else 0.5)
+        assert guard.after_backward(loss, {"purity": torch.tensor(float("nan") if what == "stat" else 0.25)},
+                                    step) is False  # stop mode: never decided (or synced) in the step
+
+
+@pytest.mark.parametrize("fold", [256, 3])
+def test_nonfinite_check_names_the_first_bad_step_of_the_window(fold, monkeypatch):
+    """Rows of a window (folded into one tensor every `fold` steps) are read at the check: the first bad step is
+    named, with its tensor; a non-finite logged stat alone is not a bad step, as before."""
+    from torch import nn
+
+    from isd.train import nonfinite
+    from isd.train.bench import OpCounter
+
+    monkeypatch.setattr(nonfinite, "FOLD", fold)
+    model = nn.Module()
+    model.student = nn.Linear(2, 2)
+    guard = NonFiniteGuard(model, "stop")
+    guarded_steps(guard, model, {2: "stat"}, 10)
+    guard.check(epoch=1, lr=0.1)  # nothing bad: the stat is only logged
+    guarded_steps(guard, model, {4: "grad", 7: "loss"}, 9)
+    with pytest.raises(NonFiniteError, match="non-finite gradient of student.weight at epoch 3, step 4 .*loss=0.5"):
+        guard.check(epoch=3, lr=0.1)
+    guarded_steps(guard, model, {5: "loss", 6: "grad"}, 8)
+    with pytest.raises(NonFiniteError, match="non-finite loss at epoch 3, step 5 .*loss=inf, purity=0.25"):
+        guard.check(epoch=3, lr=0.1)
+    guard.check(epoch=3, lr=0.1)  # a check reads each window once
+    with OpCounter() as ops:
+        guarded_steps(guard, model, {}, 1)
+    guard_ops = {k: v for k, v in ops.counts["all"].items() if k not in ("full_like", "ones_like", "lift_fresh")}
+    assert sum(guard_ops.values()) <= 2, guard_ops  # the gradients' norms, one stack: nothing more per step
+
+
 def test_disk_full_keeps_the_previous_checkpoint_and_says_so(image_root, tmp_path, monkeypatch, capsys):
     real, calls = torch.save, []
 

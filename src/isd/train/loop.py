@@ -310,8 +310,7 @@ class EpochRunner:
             loss, stats, after = self.net(key, query, batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        bad = self.guard.step_is_bad(loss, stats, step)
-        if self.guard.mode == "skip" and bool(bad):  # the one sync per step of skip mode
+        if self.guard.after_backward(loss, stats, step):  # a sync only in skip mode
             self.guard.skip()  # and `after` is dropped: the teacher and the queue stay as they were
             optimizer.zero_grad(set_to_none=True)
             self.runlog.say(f"step {step}: non-finite loss or gradient, step skipped "
