@@ -5,6 +5,9 @@ launches go. (On a CPU torch's SGD loops over the tensors; on a GPU isd uses its
 Beside each count, the host round trips: tensors made from Python data and values read back, each a blocking
 copy on a GPU (image files' views also count the host-side crop boxes, which stay on the host there).
 
+The views are counted as a GPU makes them: two views of one recipe as one batch (`both_views_as_one_batch`; a
+CPU makes them one after the other).
+
     python benchmarks/step_ops.py --recipe isd-r18-fmnist --out benchmarks/results/step_ops_cpu.json
     python benchmarks/step_ops.py --folder --out ...   # ResNet-18 at 224 px, JPEGs decoded and augmented in batches
 """
@@ -22,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import isd.data.batches as data_batches  # noqa: E402
 from isd.config import build_config  # noqa: E402
-from isd.data.batches import batches_of  # noqa: E402
 from isd.data.synthetic import jpeg_folder  # noqa: E402
 from isd.experiments.provenance import provenance  # noqa: E402
 from isd.train.bench import OpCounter  # noqa: E402
@@ -42,10 +45,11 @@ def in_phase(counter: OpCounter, name: str, fn):
 
 
 def count_step(values: dict) -> dict:
+    data_batches.both_views_as_one_batch = lambda device: True  # as on a GPU
     with tempfile.TemporaryDirectory(prefix="isd_ops_") as tmp:
         cfg = build_config(values.pop("recipe", None), {**values, "run_dir": tmp})
         setup = build(cfg, log=lambda _: None)
-        loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device)
+        loader = data_batches.batches_of(setup.source).two_views(cfg, setup.size, setup.device)
         runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), RunLog(setup.run_dir, False))
         batches = loader.epoch(1)
         runner.step(next(batches), 0)  # warm: lazily built state (momentum buffers, the queue's cursor)
@@ -61,7 +65,8 @@ def count_step(values: dict) -> dict:
                          "most": dict(ops.most_common(5))} for name, ops in counter.counts.items()}
         return {"recipe": cfg.recipe, "method": cfg.method, "arch": cfg.arch, "image_size": setup.size,
                 "channels": setup.source.channels, "batch": cfg.batch_size, "pipeline": loader.pipeline,
-                "device": str(setup.device), "total_ops": sum(p["ops"] for p in phases.values()), "phases": phases}
+                "device": str(setup.device), "views_as_on_a_gpu": True,
+                "total_ops": sum(p["ops"] for p in phases.values()), "phases": phases}
 
 
 def main() -> None:
