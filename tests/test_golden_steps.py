@@ -81,8 +81,12 @@ def golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_losses_and_state_are_the_recorded_ones(name, golden, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, one_batch", [*((name, False) for name in CASES), ("isd", True), ("byol", True)])
+def test_losses_and_state_are_the_recorded_ones(name, one_batch, golden, tmp_path, monkeypatch):
+    """`one_batch`: both views of the (one) recipe made as one batch, as on a GPU: the same bits."""
+    import isd.data.batches as data_batches
+
+    monkeypatch.setattr(data_batches, "both_views_as_one_batch", lambda device: one_batch)
     recorded = golden["platforms"]
     got = run_case(name, tmp_path, monkeypatch.setattr)
     assert [s["step"] for s in got["steps"]] == [1, 2, 3, 4, 5, 6]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import isd.data.batches as data_batches
 import isd.train.loop as loop
 from conftest import single_thread, tiny_values
 from isd.config import build_config
@@ -27,13 +28,16 @@ def rgb_source(*_args, **_kwargs) -> Source:
 
 
 @pytest.mark.parametrize("method", ["isd", "isd-plus", "byol", "moco"])
-def test_an_in_memory_step_stays_on_the_device(method, tmp_path, monkeypatch):
+@pytest.mark.parametrize("one_batch", [False, True])
+def test_an_in_memory_step_stays_on_the_device(method, one_batch, tmp_path, monkeypatch):
+    """`one_batch`: both views as one batch, as a GPU makes them (`both_views_as_one_batch`)."""
     monkeypatch.setattr(loop, "load_source", rgb_source)
+    monkeypatch.setattr(data_batches, "both_views_as_one_batch", lambda device: one_batch)
     values = tiny_values(tmp_path, tmp_path / "run", method=method, augmentation="strong/strong", print_freq=100)
     with single_thread():
         setup = loop.build(build_config(None, values), log=lambda _: None)
         loader = batches_of(setup.source).two_views(setup.cfg, setup.size, setup.device)
-        assert loader.pipeline == "memory"
+        assert loader.pipeline == "memory" and (loader.key_aug is loader.query_aug) == one_batch
         runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), RunLog(setup.run_dir, False))
         batches = loader.epoch(1)
         runner.step(next(batches), 0)  # the first step builds the optimizer's state and the queue's cursor
