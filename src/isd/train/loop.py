@@ -351,6 +351,8 @@ class EpochRunner:
             ck.copy_checkpoint(path, setup.run_dir / ck.epoch_name(epoch))
 
     def preempted(self, epoch: int, done: int) -> Preempted:
+        """The exception that ends a stopped run, once every rank has got here (the checkpoint is written)."""
+        self.stop.leave_together()
         where = f"epoch {epoch}, step {done}/{self.steps}" if done < self.steps else f"the end of epoch {epoch}"
         return Preempted("{signal} received: checkpoint written at {where} in {folder}; continue with {resume} auto "
                          "(exit code {code})", signal=self.stop.name, where=where, folder=self.setup.run_dir,

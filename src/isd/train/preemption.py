@@ -51,10 +51,17 @@ class StopRequests:
         """Called once per step on every rank; all ranks get the same answer at the same step."""
         if self._group is None:
             return self.signum is not None
-        agreed = False
         if self._pending is not None:
             self._pending.wait()
-            agreed = bool(self._flag.item() > 0)
+            self._pending = None
+            if self._flag.item() > 0:
+                return True  # every rank learns it at this step: none posts another all-reduce
         self._flag.fill_(1.0 if self.signum is not None else 0.0)
         self._pending = dist.all_reduce(self._flag, group=self._group, async_op=True)
-        return agreed
+        return False
+
+    def leave_together(self) -> None:
+        """After an agreed stop and rank 0's checkpoint: each rank waits for the others, so that none exits (and
+        closes its connections) while another still writes or talks to it."""
+        if self._group is not None:
+            dist.barrier(group=self._group)
