@@ -110,8 +110,9 @@ def harness_train(spec: dict) -> None:
     except Preempted as stopped:
         (Path(spec["out"]) / f"stopped{rank}.txt").write_text(f"{len(losses)} {stopped}")
         sys.exit(stopped.exit_code)
-    torch.save({"state": setup.model.state_dict(), "losses": losses, "world": setup.world},
-               Path(spec["out"]) / f"rank{rank}.pt")
+    import torch.distributed as dist
+    torch.save({"state": setup.model.state_dict(), "losses": losses, "world": setup.world,
+                "group_left": not dist.is_initialized()}, Path(spec["out"]) / f"rank{rank}.pt")
 
 
 class IdEncoder(torch.nn.Module):
@@ -208,6 +209,7 @@ def two_proc_run(tmp_path_factory) -> Path:
 def test_ranks_agree_on_queue_and_weights(two_proc_run):
     r0, r1 = load_rank(two_proc_run, 0), load_rank(two_proc_run, 1)
     assert r0["world"] == r1["world"] == 2
+    assert r0["group_left"] and r1["group_left"]  # train() left the group it joined: no gloo threads at exit
     s0, s1 = r0["state"], r1["state"]
     assert s0.keys() == s1.keys()
     for name in ("queue.queue", "queue.ptr", "queue.labels"):

@@ -33,13 +33,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", local)
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Joins the process group when started by torchrun (WORLD_SIZE > 1); (rank, world size)."""
+def init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """Joins the process group when started by torchrun (WORLD_SIZE > 1); (rank, world size, whether this call
+    joined it: a group the caller had set up is theirs to leave)."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
+        return 0, 1, False
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), joined
+
+
+def leave_distributed() -> None:
+    """Leave the process group (and its side groups) at the end of a run, on every rank: its threads stop before
+    the interpreter does. Left to the interpreter's exit, gloo's threads can abort a rank that has finished
+    ("terminate called without an active exception", SIGABRT), and torchrun then reports the run as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:

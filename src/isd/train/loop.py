@@ -21,7 +21,7 @@ from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
 from isd.errors import Preempted, SettingError
 from isd.methods import Method, build_method
-from isd.runtime import init_distributed, resolve_device
+from isd.runtime import init_distributed, leave_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
 from isd.train.runlog import RunLog
@@ -42,6 +42,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     start_epoch: int = 1
     start_step: int = 0
+    joined_group: bool = False  # build() joined the process group, so train() leaves it
 
 
 def prepare_run_dir(path: str) -> Path:
@@ -67,7 +68,7 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     device = resolve_device(cfg.device)
     if warning := slow_bf16_warning(cfg, device):
         log(warning)
-    rank, world = init_distributed(device)
+    rank, world, joined = init_distributed(device)
     if cfg.batch_size % world:
         raise SettingError("{batch_size} {batch} (global) must be divisible by the {world} processes",
                            batch=cfg.batch_size, world=world)
@@ -95,7 +96,7 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
                                 fused=use_fused_sgd(device) or None)
-    setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer)
+    setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer, joined_group=joined)
     if not resume(setup, log, trust_code):
         model.catch_up_teacher()  # the teacher update the original makes before its first (or resumed) step
     return setup
@@ -242,8 +243,15 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
                 epoch_run.save(epoch, steps)
                 if epoch_run.stopped and epoch < cfg.epochs:
                     raise epoch_run.preempted(epoch, steps)
+            epoch_run.stop.leave_together()  # the last checkpoint is written: every rank ends here
+    except Preempted:
+        if setup.joined_group:
+            leave_distributed()
+        raise
     finally:
         runlog.close()
+    if setup.joined_group:
+        leave_distributed()
     return setup
 
 
