@@ -61,7 +61,8 @@ class StopRequests:
         return False
 
     def leave_together(self) -> None:
-        """After an agreed stop and rank 0's checkpoint: each rank waits for the others, so that none exits (and
-        closes its connections) while another still writes or talks to it."""
+        """At the end of a run, finished or stopped by agreement, once rank 0's checkpoint is written: each rank
+        waits for the others, so that none exits (and closes its connections) while another still writes or talks
+        to it."""
         if self._group is not None:
             dist.barrier(group=self._group)
