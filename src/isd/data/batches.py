@@ -379,8 +379,9 @@ class DeviceFileLoader:
             stand_in = next(i for i, image in enumerate(images) if image is not None)
             if unreadable:  # the workers could open these but not decode them: replaced
                 labels[unreadable] = int(labels[stand_in])
-            ready: list[Tensor] = [images[stand_in] if image is None else image  # type: ignore[misc]
-                                   for image in images]
+            substitute = images[stand_in]
+            assert substitute is not None
+            ready = [substitute if image is None else image for image in images]
             seed = mix_seed(s.seed, epoch, step, s.rank)
             gen.manual_seed(seed)
             crops.manual_seed(seed)

@@ -22,6 +22,11 @@ def bad_rows(rows: Tensor, n_stats: int) -> Tensor:
     return ~torch.isfinite(rows[:, 0]) | ~torch.isfinite(rows[:, 1 + n_stats:]).all(dim=1)
 
 
+def as_table(rows: list[Tensor]) -> Tensor:
+    """Single rows and blocks of rows already folded -> one [steps, width] tensor."""
+    return torch.cat([r.view(-1, rows[-1].shape[-1]) for r in rows])
+
+
 class NonFiniteGuard:
     def __init__(self, model: nn.Module, mode: str) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -53,7 +58,7 @@ class NonFiniteGuard:
         self.rows.append(row)
         self.steps.append(step)
         if len(self.rows) > FOLD:
-            self.rows = [torch.cat([r.view(-1, row.shape[0]) for r in self.rows])]
+            self.rows = [as_table(self.rows)]
         return False
 
     def skip(self) -> None:
@@ -66,7 +71,7 @@ class NonFiniteGuard:
         """Host-side check at a sync point: raise NonFiniteError naming the first bad step and tensor."""
         rows, steps, self.rows, self.steps = self.rows, self.steps, [], []
         if rows:
-            table = torch.cat([r.view(-1, rows[-1].shape[-1]) for r in rows])
+            table = as_table(rows)
             bad = bad_rows(table, len(self.term_names) - 1)
             if bool(bad.any()):
                 first = int(bad.int().argmax())
