@@ -124,7 +124,7 @@ def _per_sample_size(size: int | Tensor, n: int, device: torch.device) -> Tensor
     """[n] float sizes on the device; a Python number is filled there (a tensor made from it would be copied
     from the host, and a blocking copy waits for the GPU)."""
     if isinstance(size, Tensor):
-        return size.to(device=device, dtype=torch.float32).expand(n)
+        return size.to(device=device, dtype=torch.get_default_dtype()).expand(n)
     return torch.full((n,), float(size), device=device)
 
 
@@ -168,7 +168,7 @@ def resized_crop_each(images: Sequence[Tensor], boxes: Tensor, size: int) -> Ten
     Returns float ``[n, C, size, size]`` on the images' own scale (0..255 for uint8)."""
     out = []
     for image, (top, left, h, w) in zip(images, boxes.int().tolist()):
-        crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
+        crop = image[:, top:top + h, left:left + w].unsqueeze(0).to(torch.get_default_dtype())
         out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
     return torch.cat(out)
 
@@ -388,8 +388,8 @@ class BatchAugment(torch.nn.Module):
         self.blur_prob = blur_prob
         self.mean: Tensor
         self.std: Tensor
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._view = self._view_work
 
     def extra_repr(self) -> str:
@@ -410,7 +410,7 @@ class BatchAugment(torch.nn.Module):
         else:
             x, cropped, b = self._crop_each(images, crop_generator, views), True, len(images)
         n = views * self.draws_per_view(b, x.shape[1], cropped)
-        numbers = torch.rand(n, generator=generator, device=x.device) if n else x.new_empty(0, dtype=torch.float32)
+        numbers = torch.rand(n, generator=generator, device=x.device) if n else x.new_empty(0, dtype=torch.float)
         return self._view(x, numbers, cropped, views)
 
     def draws_per_view(self, b: int, channels: int, cropped: bool = False) -> int:
@@ -434,7 +434,7 @@ class BatchAugment(torch.nn.Module):
         views."""
         if views > 1 and not cropped:
             x = x.repeat(views, 1, 1, 1)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = x.to(torch.get_default_dtype()) / 255 if x.dtype == torch.uint8 else x.to(torch.get_default_dtype())
         b, c, h, w = x.shape
         draws = Uniforms(numbers, views)
         if self.recipe == "none":
@@ -460,9 +460,9 @@ class BatchAugment(torch.nn.Module):
         in [0, 1]. With several views each image is converted to float once, not once per view (the same
         numbers: the conversion is exact)."""
         scale = 255 if images[0].dtype == torch.uint8 else 1
-        images = [image.float() for image in images] * views if views > 1 else list(images)
-        heights = torch.tensor([image.shape[-2] for image in images], dtype=torch.float32)
-        widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.float32)
+        images = [image.to(torch.get_default_dtype()) for image in images] * views if views > 1 else list(images)
+        heights = torch.tensor([float(image.shape[-2]) for image in images])
+        widths = torch.tensor([float(image.shape[-1]) for image in images])
         if self.recipe == "none":
             boxes = torch.stack([torch.zeros_like(heights), torch.zeros_like(widths), heights, widths], dim=1)
         else:
