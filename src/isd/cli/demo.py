@@ -19,13 +19,17 @@ from isd.data.sources import find_fashion_mnist, load_source
 from isd.eval.features import Encoded, encode, raw_pixels
 from isd.eval.knn import knn_of
 from isd.eval.monitor import knn_monitor
-from isd.experiments.report import headline, load_results
-from isd.methods import build_method
+from isd.experiments.report import claim_lines, headline, load_results
+from isd.methods import method_from_config
 from isd.train.loop import image_size_and_stem, train
 
 CPU_RECIPE, GPU_RECIPE = "isd-fmnist-demo", "isd-r18-fmnist"
 # the committed results of a clone (absent from an installed wheel): what a longer run reaches
-COMMITTED = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "experiments" / "fmnist-balanced-gpu"
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "experiments"
+COMMITTED = EXPERIMENTS / "fmnist-balanced-gpu"
+# the paper's claims tested on 2 CPU cores with several seeds / draws (budget cpu-seeds), and on the GPU
+CLAIMS = [EXPERIMENTS / name for name in ("fmnist-balanced-cpu-seeds", "fmnist-unbalanced-cpu-seeds",
+                                          "fmnist-balanced-gpu", "fmnist-unbalanced-gpu")]
 
 
 def register(sub) -> None:
@@ -65,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     floors = {"raw pixels": knn_row(raw_pixels(train_set, test_set))}
     torch.manual_seed(cfg.seed)  # the same initial weights as the training run below
-    random_net = build_method(cfg, in_channels=1, stem=stem).encoder_q.to(device)
+    random_net = method_from_config(cfg, in_channels=1, stem=stem).encoder_q.to(device)
     floors["random init encoder"] = encoder_score(random_net, train_set, test_set, size, device)
     for name, row in floors.items():
         print(f"floor  {name:22s} 1-NN {row['1-NN']:.2f}%  20-NN {row['20-NN']:.2f}%")
@@ -80,6 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print_table(report)
     print_curve(Path(cfg.run_dir))
     print_committed(COMMITTED)
+    print_claims(CLAIMS)
     return 0
 
 
@@ -105,6 +110,19 @@ def print_committed(folder: Path) -> None:
           f"{first['budget']} = {first['budget_about']}; {first['provenance']['device']}; full test set):")
     for line in headline(rows):
         print("  " + line)
+
+
+def print_claims(folders: list[Path]) -> None:
+    """The verdicts on the paper's orderings that the committed experiments support, one line each."""
+    groups = [(folder, load_results([str(folder)])) for folder in folders if folder.is_dir()]
+    groups = [(folder, rows) for folder, rows in groups if rows and claim_lines(rows)]
+    if not groups:
+        return
+    print("\nThe paper's claims on the committed experiments (paired by seed or draw, 95% t interval):")
+    for folder, rows in groups:
+        print(f"  {folder.name} (budget {rows[0]['budget']}; {rows[0]['provenance']['device']}):")
+        for line in claim_lines(rows, bold=False):
+            print("    " + line)
 
 
 def print_table(report: dict) -> None:

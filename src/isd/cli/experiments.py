@@ -13,7 +13,7 @@ from typing import IO
 
 from isd.cli.common import Flags
 from isd.errors import UsageError
-from isd.experiments.plans import BUDGETS, load_plan, plan_names, select
+from isd.experiments.plans import load_plan, plan_names, select
 from isd.experiments.report import report, update_readme
 from isd.experiments.runner import RESULT, read_result, run_cells
 
@@ -35,8 +35,8 @@ def register(sub) -> None:
                    ".yaml file")
     e.add_argument("data", metavar="DATA", nargs="?", default="", help="data folder (the folder plan's images; for "
                    "Fashion-MNIST, a folder with its .gz files, else the usual places)")
-    e.add_argument("--budget", choices=BUDGETS, default="smoke", help="smoke (default), cpu, gpu or full; the plan "
-                   "says what each means")
+    e.add_argument("--budget", default="smoke", help="one of the plan's budgets: smoke (default), cpu, cpu-seeds, "
+                   "gpu, full, ...; `isd experiment PLAN --list --budget B` and the plan say what each means")
     e.add_argument("--out", help="experiment folder (default runs/experiments/PLAN-BUDGET)")
     e.add_argument("--only", help="run the matching cells only: KEY=VALUE pairs, keys method, seed, draw, name "
                    "(e.g. method=isd,seed=1)")

@@ -33,7 +33,6 @@ from isd.config import Config, build_config
 from isd.errors import SettingError, UsageError
 
 FLOORS = ("raw-pixels", "random-init")
-BUDGETS = ("smoke", "cpu", "gpu", "full")
 
 
 @dataclass

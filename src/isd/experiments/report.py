@@ -14,12 +14,19 @@ from pathlib import Path
 
 from isd.errors import UsageError
 from isd.experiments.speed import is_speed_file, speed_markdown
+from isd.experiments.stats import PaperClaim, pair_up
 from isd.plots import pyplot
 
 NAMES = {"isd": "ISD", "isd-plus": "ISD+", "byol": "BYOL-asym", "moco": "MoCo-v2",
          "supervised": "supervised (ceiling)", "random-init": "random init (floor)", "raw-pixels": "raw pixels (floor)"}
 ORDER = ["isd", "isd-plus", "byol", "moco", "supervised", "random-init", "raw-pixels"]
 METRICS = (("knn1", "1-NN"), ("knn20", "20-NN"), ("knn_weighted", "weighted kNN"), ("linear", "linear"))
+# the paper's orderings, checked wherever a group has both methods: ISD ≥ BYOL-asym ≥ MoCo-v2 on balanced data
+# (its Table 1), ISD ahead of MoCo-v2 on unbalanced data and most of all on the rare classes (its Table 5)
+BALANCED_CLAIMS = (PaperClaim("isd", "byol", "knn20", "20-NN"), PaperClaim("byol", "moco", "knn20", "20-NN"),
+                   PaperClaim("isd", "moco", "knn20", "20-NN"))
+UNBALANCED_CLAIMS = (PaperClaim("isd", "moco", "rare", "1-NN on the rare classes"),
+                     PaperClaim("isd", "moco", "knn1", "1-NN on all classes"))
 
 
 def display(method: str) -> str:
@@ -83,6 +90,29 @@ def rare_accuracy(result: dict, key: str = "knn1") -> float | None:
     per_class = result["per_class"][key]
     rare = [per_class[c] for c in result.get("rare_classes") or [] if per_class[c] is not None]
     return statistics.mean(rare) if rare else None
+
+
+def metric_value(result: dict, metric: str) -> float | None:
+    return rare_accuracy(result) if metric == "rare" else result["metrics"].get(metric)
+
+
+def claim_lines(rows: list[dict], bold: bool = True) -> list[str]:
+    """One sentence per claim of the paper that this group can test: holds, does not hold, or not resolved, with
+    the paired mean difference and its 95% interval (`isd.experiments.stats`)."""
+    unbalanced = any(r.get("rare_classes") for r in rows)
+    unit = "draw" if unbalanced else "seed"
+    lines = []
+    for claim in UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS:
+        result = pair_up(rows, claim, metric_value)
+        if result is None:
+            continue
+        a, b = display(claim.better), display(claim.worse)
+        verdict = f"**{result.verdict}**" if bold else result.verdict
+        spread = f", 95% interval {result.interval_text()}" if result.n > 1 else ""
+        lines.append(f"{a} ≥ {b} at {claim.label}: {verdict} ({a} − {b} = {result.mean:+.2f} points{spread}; "
+                     f"{result.n} paired {unit}{'s' if result.n != 1 else ''}: "
+                     f"{', '.join(f'{d:+.2f}' for d in result.differences)})")
+    return lines
 
 
 def header(plan: str, budget: str, rows: list[dict]) -> str:
@@ -188,6 +218,13 @@ def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None =
             parts.append("")
             parts.append("1-NN accuracy; *rare* = mean accuracy over the classes that kept 500 images. Bank: the "
                          "balanced train split; queries: the balanced test split.")
+        claims = claim_lines(rows)
+        if claims:
+            parts.append("")
+            parts.append("The paper's claims on these cells (paired by " + ("draw" if unbalanced else "seed")
+                         + "; the interval is Student's t over the pairs):")
+            parts.append("")
+            parts += [f"- {line}" for line in claims]
         if chart_dir and (plan, budget) in chart_dir:
             parts.append("")
             folder = chart_dir[(plan, budget)]

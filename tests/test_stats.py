@@ -1,0 +1,93 @@
+"""The paired statistics behind the claims' verdicts in `isd report` (isd.experiments.stats), checked against
+values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from isd.experiments.report import claim_lines
+from isd.experiments.stats import PaperClaim, pair_up, paired, t_quantile_975
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042),
+                                          (40, 2.021), (60, 2.000), (120, 1.980), (10_000, 1.960)])
+def test_t_quantiles_are_the_tabulated_ones(df, expected):
+    assert t_quantile_975(df) == pytest.approx(expected, abs=1.5e-3)
+
+
+def test_t_quantile_needs_a_degree_of_freedom():
+    with pytest.raises(ValueError, match="at least 1 degree"):
+        t_quantile_975(0)
+
+
+def test_paired_interval_is_students_t_over_the_differences():
+    # mean 2, sample sd 1, n 3: half-width t(2) / sqrt(3) = 4.303 / 1.7320508 = 2.48434
+    result = paired([1.0, 2.0, 3.0])
+    assert (result.n, result.mean) == (3, 2.0)
+    assert result.low == pytest.approx(2.0 - 4.303 / math.sqrt(3)) and result.high == pytest.approx(2.0 + 4.303 / math.sqrt(3))
+    assert result.verdict == "not resolved at n = 3"
+    assert result.interval_text() == "[-0.48, +4.48]"
+
+
+@pytest.mark.parametrize("differences, verdict", [
+    ([1.0, 1.2, 0.8, 1.1, 0.9], "holds"),                     # interval [0.80, 1.20]
+    ([-1.0, -1.2, -0.8, -1.1, -0.9], "does not hold"),
+    ([0.5, -0.4, 0.3, -0.2, 0.1], "not resolved at n = 5"),
+    ([2.0], "not resolved at n = 1"),                          # one pair has no interval
+    ([0.76, 0.80], "holds"),                                   # two close pairs: t(1) = 12.7 and still above 0
+])
+def test_verdicts(differences, verdict):
+    assert paired(differences).verdict == verdict
+
+
+def test_one_pair_has_no_interval():
+    result = paired([0.3])
+    assert result.low is None and result.high is None and result.interval_text() == "–"
+
+
+def _row(method, seed, knn20, draw=None, knn1=None, per_class=None, rare=()):
+    return {"method": method, "seed": seed, "draw": draw, "rare_classes": list(rare),
+            "metrics": {"knn20": knn20, "knn1": knn20 if knn1 is None else knn1},
+            "per_class": {"knn1": per_class or []}}
+
+
+def test_pairs_are_the_seeds_both_methods_ran_and_nothing_else():
+    rows = [_row("isd", 0, 85.0), _row("isd", 1, 84.0), _row("isd", 2, 86.0),
+            _row("moco", 0, 84.0), _row("moco", 2, 84.5), _row("byol", 1, 10.0)]
+    result = pair_up(rows, PaperClaim("isd", "moco", "knn20", "20-NN"), lambda r, m: r["metrics"][m])
+    assert result is not None and result.differences == (1.0, 1.5) and result.n == 2
+    assert pair_up(rows, PaperClaim("isd", "supervised", "knn20", "20-NN"), lambda r, m: r["metrics"][m]) is None
+
+
+def test_claim_lines_for_balanced_seeds_name_the_verdict_the_mean_and_the_pairs():
+    rows = [_row(m, s, v) for m, vals in {"isd": (85.0, 85.2, 85.1), "byol": (84.0, 84.1, 84.2),
+                                            "moco": (84.1, 84.0, 84.3)}.items() for s, v in enumerate(vals)]
+    lines = claim_lines(rows, bold=False)
+    assert lines[0].startswith("ISD ≥ BYOL-asym at 20-NN: holds (ISD − BYOL-asym = +1.00 points, 95% interval [")
+    assert lines[0].endswith("3 paired seeds: +1.00, +1.10, +0.90)")
+    assert lines[1].startswith("BYOL-asym ≥ MoCo-v2 at 20-NN: not resolved at n = 3 (BYOL-asym − MoCo-v2 = -0.03")
+    assert lines[2].startswith("ISD ≥ MoCo-v2 at 20-NN: holds")
+
+
+def test_claim_lines_for_unbalanced_draws_use_the_rare_classes():
+    # classes 0 common, 1 and 2 rare: the rare accuracy is the mean of per-class 1-NN over classes 1 and 2
+    rows = [_row("isd", 0, 0.0, draw=d, knn1=80.0, per_class=[90.0, 70.0 + d, 72.0], rare=(1, 2)) for d in (1, 2, 3)]
+    rows += [_row("moco", 0, 0.0, draw=d, knn1=79.0, per_class=[95.0, 68.0, 70.0], rare=(1, 2)) for d in (1, 2, 3)]
+    rare, everything = claim_lines(rows, bold=True)
+    # ISD rare = (70 + d + 72) / 2, MoCo rare = 69: differences 2.5, 3.0, 3.5
+    assert rare.startswith("ISD ≥ MoCo-v2 at 1-NN on the rare classes: **holds** (ISD − MoCo-v2 = +3.00 points")
+    assert rare.endswith("3 paired draws: +2.50, +3.00, +3.50)")
+    assert everything.startswith("ISD ≥ MoCo-v2 at 1-NN on all classes: **holds** (ISD − MoCo-v2 = +1.00 points")
+
+
+def test_the_demo_prints_the_committed_claims_verdicts(capsys):
+    from isd.cli.demo import CLAIMS, print_claims
+
+    print_claims(CLAIMS)
+    out = capsys.readouterr().out
+    assert "fmnist-balanced-gpu (budget gpu;" in out and "fmnist-unbalanced-gpu (budget gpu;" in out
+    assert "ISD ≥ MoCo-v2 at 1-NN on the rare classes:" in out
+    print_claims([])
+    assert capsys.readouterr().out == ""
