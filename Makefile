@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 FMNIST  = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint install fashion-mnist clean
+.PHONY: demo test lint install fashion-mnist clean check-wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ fashion-mnist:
 demo: install fashion-mnist
 	$(BIN)/isd demo
 
+# then the tests whose outcome depends on float rounding again, under ATen's portable and AVX2 kernels (with this
+# CPU's own, three kernel sets on an AVX512 host; a CPU without AVX2 runs the portable ones twice)
 test: install lint
 	$(BIN)/python -m pytest -q
+	for kernels in default avx2; do \
+	  echo "float_bits tests under ATEN_CPU_CAPABILITY=$$kernels"; \
+	  ATEN_CPU_CAPABILITY=$$kernels $(BIN)/python -m pytest -q -m "float_bits and not slow" -rs -p no:cacheprovider || exit 1; \
+	done
+
+# sdist + wheel, installed into a fresh environment outside the source tree, then used as a user would (CI runs it)
+check-wheel: install
+	bash tools/check_wheel.sh
 
 lint: install
 	$(BIN)/ruff check src

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from isd.cli.main import main
 from isd.config import build_config
 from isd.data.synthetic import jpeg_folder
-from isd.methods import build_method
+from isd.methods import method_from_config
 from isd.train import bench as bench_module
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -49,7 +49,7 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     assert all(r["mfu"] is None for r in row["rows"] if r["mode"] != "data")  # no peak for a CPU
     # the step's FLOPs: student forward + backward (about 3 forwards) and the teacher's forward, per image
     cfg = build_config(None, {"width": 8, "data": "x", "image_size": 32, "batch_size": 8, "queue_size": 16})
-    net = build_method(cfg, in_channels=3, stem="small").encoder_q.eval()  # auto: 3x3 stem below 64 px
+    net = method_from_config(cfg, in_channels=3, stem="small").encoder_q.eval()  # auto: 3x3 stem below 64 px
     with FlopCounterMode(display=False) as one:
         net(torch.randn(2, 3, 32, 32))
     assert 3.5 < row["gflops_per_image"] * 1e9 / (one.get_total_flops() / 2) < 4.5

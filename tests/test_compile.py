@@ -16,7 +16,7 @@ from isd import checkpoint as ck
 from isd.config import build_config
 from isd.data.batch_augment import BatchAugment
 from isd.data.batches import batches_of
-from isd.methods import build_method
+from isd.methods import method_from_config
 from isd.train.runlog import RunLog
 
 
@@ -65,7 +65,7 @@ def test_compiled_networks_train_with_the_eager_losses(image_root, tmp_path, mon
                                                                                 backend="aot_eager"))
     setup = check_same_as_eager(image_root, tmp_path, "default", rel=1e-5)
     state = ck.read(tmp_path / "compiled" / "ckpt_last.pth")
-    plain = build_method(setup.cfg, stem="small")
+    plain = method_from_config(setup.cfg, stem="small")
     plain.load_state_dict(ck.our_layout(ck.raw_model_state(state)))  # strict: the same keys as an eager run's
     assert not any("_orig_mod" in key for key in ck.raw_model_state(state))
 

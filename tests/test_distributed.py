@@ -131,12 +131,12 @@ def harness_shuffle(spec: dict) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
     from isd.config import build_config
-    from isd.methods import build_method
+    from isd.methods import method_from_config
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = build_method(build_config(None, {**BASE, "image_size": 8}), in_channels=1, stem="small")
+    model = method_from_config(build_config(None, {**BASE, "image_size": 8}), in_channels=1, stem="small")
     model.encoder_k = IdEncoder(8)
     local, report = 4, {"rank": rank, "exact": [], "own": [], "seen": []}
     for call in range(6):

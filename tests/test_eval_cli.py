@@ -18,7 +18,7 @@ from isd.cli.main import main
 from isd.config import build_config
 from isd.eval.features import backbone_forward
 from isd.cli.legacy_eval import main as legacy_main
-from isd.methods import build_method
+from isd.methods import method_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": "x", "width": 8, "stem": "small", "image_size": 32, "queue_size": 16, "batch_size": 4}
@@ -55,7 +55,7 @@ def data(tmp_path_factory) -> Path:
 def save_ckpt(path: Path, values: dict, stem: str = "small", perturb_teacher: bool = True) -> Path:
     cfg = build_config(None, values)
     torch.manual_seed(0)
-    model = build_method(cfg, stem=stem)
+    model = method_from_config(cfg, stem=stem)
     if perturb_teacher:  # a teacher that differs from the student in weights and BN statistics
         with torch.no_grad():
             for p in model.encoder_k.parameters():
@@ -102,7 +102,7 @@ def test_export_of_a_small_stem_notes_it_is_not_torchvision(ckpt, tmp_path, caps
 
 def test_original_layout_loads_and_evaluates(data, tmp_path, capsys):
     cfg = build_config(None, TINY)
-    model = build_method(cfg, stem="small")
+    model = method_from_config(cfg, stem="small")
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     state["module.encoder_q.fc.weight"] = torch.randn(10, 64)  # a head the original evaluation drops
     path = tmp_path / "original.pth.tar"

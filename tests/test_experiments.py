@@ -24,7 +24,7 @@ from isd.experiments.plans import load_plan, select
 from isd.experiments.provenance import provenance
 from isd.experiments.report import readme_blocks, report, train_seconds
 from isd.experiments.runner import Claim, read_result, run_cells
-from isd.methods import Supervised, build_method
+from isd.methods import Supervised, method_from_config
 from isd.train.loop import train
 
 needs_fmnist = pytest.mark.skipif(find_fashion_mnist("") is None, reason="Fashion-MNIST not installed "
@@ -81,7 +81,7 @@ def test_training_images_apply_holdout_then_unbalance_then_cap(image_root, tmp_p
 def test_supervised_baseline_is_cross_entropy_on_the_query_view(image_root, tmp_path):
     cfg = build_config(None, tiny_values(image_root, tmp_path, method="supervised"))
     torch.manual_seed(0)
-    model = build_method(cfg, in_channels=3, stem="small", num_classes=5)
+    model = method_from_config(cfg, in_channels=3, stem="small", num_classes=5)
     assert isinstance(model, Supervised) and not hasattr(model, "encoder_k")
     key, query = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     labels = torch.tensor([0, 1, 4, 2])

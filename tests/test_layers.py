@@ -22,7 +22,7 @@ LAYERS = [
     {"isd.cli", "isd.__main__"},  # every parser and entry point
     {"isd.experiments"},  # grids of runs and their reports
     {"isd.train", "isd.eval"},  # the training loop; evaluation
-    {"isd.data", "isd.methods", "isd.checkpoint", "isd.plots", "isd"},  # images; methods; checkpoint files
+    {"isd.data", "isd.methods", "isd.losses", "isd.checkpoint", "isd.plots", "isd"},  # images; methods; checkpoint files
     {"isd.config", "isd.nets"},  # a run's settings; networks
     {"isd.runtime", "isd.errors"},  # device, processes, signals, file writes; the errors users see
 ]

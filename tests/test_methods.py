@@ -14,7 +14,7 @@ from torch import nn
 import isd.methods.isd as isd_module
 import isd.methods.moco as moco_module
 from isd.config import build_config
-from isd.methods import BYOL, ISD, AfterStep, ISDPlus, MoCo, Supervised, build_method
+from isd.methods import BYOL, ISD, AfterStep, ISDPlus, MoCo, Supervised, method_from_config
 from isd.methods.byol import byol_loss
 from isd.methods.isd import isd_loss
 from isd.methods.momentum import MemoryQueue
@@ -27,7 +27,7 @@ SMALL = {"data": "x", "width": 8, "batch_size": 4, "queue_size": 8}
 
 def small_model(method: str = "isd", **extra) -> nn.Module:
     torch.manual_seed(0)
-    return build_method(build_config(None, {**SMALL, "method": method, **extra}), stem="small")
+    return method_from_config(build_config(None, {**SMALL, "method": method, **extra}), stem="small")
 
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
@@ -110,11 +110,16 @@ def test_moco_loss_equals_hand_infonce():
 
 
 @pytest.mark.parametrize("method", ["isd", "isd-plus", "byol", "moco"])
-def test_teacher_starts_as_exact_copy_without_grad(method):
+def test_teacher_starts_as_a_copy_updated_once_without_grad(method):
+    """A copy of the student, moved once toward it (m·θ + (1 − m)·θ: the original's update at the top of its first
+    forward, which only rounds), and BatchNorm buffers copied exactly."""
     model = small_model(method)
     q_state, k_state = model.encoder_q.state_dict(), model.encoder_k.state_dict()
     assert q_state.keys() == k_state.keys()
-    assert all(torch.equal(q_state[name], k_state[name]) for name in q_state)
+    params = {name for name, _ in model.encoder_q.named_parameters()}
+    m = model.ema
+    assert all(torch.equal(k_state[n], torch.add(q_state[n] * m, q_state[n], alpha=1 - m)) if n in params
+               else torch.equal(k_state[n], q_state[n]) for n in q_state)
     assert all(not p.requires_grad for p in model.encoder_k.parameters())
     assert all(p.requires_grad for p in model.encoder_q.parameters())
     assert all(p.requires_grad for p in model.predict_q.parameters())
@@ -328,7 +333,7 @@ def assert_mlp(seq, n_in, hidden, n_out, first_bias=True):
 
 
 def test_isd_r18_heads():
-    model = build_method(build_config("isd-r18-imagenet", {"data": "x"}))
+    model = method_from_config(build_config("isd-r18-imagenet", {"data": "x"}))
     assert type(model) is ISD
     assert isinstance(model.encoder_q.fc, nn.Identity) and isinstance(model.encoder_k.fc, nn.Identity)
     assert_mlp(model.predict_q, 512, 512, 512, first_bias=False)
@@ -337,7 +342,7 @@ def test_isd_r18_heads():
 
 
 def test_isd_plus_r50_heads():
-    model = build_method(build_config("isd-plus-r50-imagenet", {"data": "x", "queue_size": 256}))
+    model = method_from_config(build_config("isd-plus-r50-imagenet", {"data": "x", "queue_size": 256}))
     assert type(model) is ISDPlus
     assert_mlp(model.encoder_q.fc, 2048, 4096, 512)
     assert_mlp(model.encoder_k.fc, 2048, 4096, 512)  # the teacher's MLP is part of the EMA
@@ -351,7 +356,7 @@ def test_isd_plus_r50_heads():
 
 
 def test_byol_r18_heads():
-    model = build_method(build_config("byol-r18-imagenet", {"data": "x"}))
+    model = method_from_config(build_config("byol-r18-imagenet", {"data": "x"}))
     assert type(model) is BYOL
     assert_mlp(model.encoder_q.fc, 512, 1024, 128)
     assert_mlp(model.encoder_k.fc, 512, 1024, 128)
@@ -359,7 +364,7 @@ def test_byol_r18_heads():
 
 
 def test_moco_r18_heads():
-    model = build_method(build_config("moco-r18-imagenet", {"data": "x", "queue_size": 256}))
+    model = method_from_config(build_config("moco-r18-imagenet", {"data": "x", "queue_size": 256}))
     assert type(model) is MoCo
     fc = model.encoder_q.fc
     assert isinstance(fc, nn.Sequential) and len(fc) == 3

@@ -23,7 +23,7 @@ from isd.cli.main import main
 from isd.config import build_config
 from isd.cli.legacy_eval import main as eval_main
 from isd.cli.legacy_train import main as train_main
-from isd.methods import build_method
+from isd.methods import method_from_config
 from isd.train.loop import train
 
 PARTS = ("encoder_q", "encoder_k", "predict_q")
@@ -70,7 +70,7 @@ def build_original(path: Path, method: str, arch: str, width: int = 8, stem: str
     values = {"data": "x", "method": method, "arch": arch, "width": width, "queue_size": 16, "batch_size": 4}
     cfg = build_config(None, values)
     torch.manual_seed(0)
-    model = build_method(cfg, stem=stem)
+    model = method_from_config(cfg, stem=stem)
     with torch.no_grad():
         for p in model.encoder_k.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -219,7 +219,7 @@ def test_original_train_script_resumes_an_original_checkpoint(jpeg_root, tmp_pat
     values = {"data": str(jpeg_root), "queue_size": 8, "batch_size": 4}
     cfg = build_config("isd-r18-imagenet", values)
     torch.manual_seed(0)
-    model = build_method(cfg, stem="imagenet")
+    model = method_from_config(cfg, stem="imagenet")
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     state = {"opt": {"arch": "resnet18", "lr": 0.01, "queue_size": 8}, "state_dict": model.state_dict(),
              "optimizer": optimizer.state_dict(), "epoch": 1}

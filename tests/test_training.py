@@ -288,12 +288,13 @@ def test_resume_is_bit_identical(source, image_root, tmp_path, monkeypatch):
     assert int(a["state_dict"]["queue.ptr"]) == 0  # 2 epochs x 2 steps x 4 keys = 2 laps of K = 8
 
 
-@pytest.mark.parametrize("resume_from, catch_ups", [(None, 1), ("isd-ssl/2", 0), ("isd-ssl/1", 1), ("original", 1)])
+@pytest.mark.parametrize("resume_from, catch_ups", [(None, 1), ("isd-ssl/2", 1), ("isd-ssl/1", 2), ("original", 2)])
 def test_the_teacher_catches_up_once_unless_the_checkpoint_holds_it_current(resume_from, catch_ups, isd_run,
                                                                              image_root, tmp_path, monkeypatch):
     """The original updates its teacher at the top of each forward, so its first step, and its first step after
-    a resume, see one update the loop must make before stepping; a checkpoint of the current format already
-    holds it (the update came after its last optimizer step)."""
+    a resume, see one update that must be made before stepping: a new method makes it as it is built (the first
+    call), and the loop once more after loading a checkpoint whose teacher owes it; a checkpoint of the current
+    format already holds it (the update came after its last optimizer step)."""
     from isd.methods import MomentumMethod
 
     calls = []
@@ -411,14 +412,14 @@ def test_isd_train_runs_every_method(method, image_root, tmp_path, capsys):
 def test_amp_setting_decides_backbone_precision_on_cpu(amp, expected, image_root, tmp_path, monkeypatch):
     """`amp: bf16` must run the backbone in bf16 on the training device, CPU included (loss stays fp32)."""
     seen = []
-    real = loop.build_method
+    real = loop.method_from_config
 
     def build_and_watch(*args, **kwargs):
         model = real(*args, **kwargs)
         model.encoder_q.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
         return model
 
-    monkeypatch.setattr(loop, "build_method", build_and_watch)
+    monkeypatch.setattr(loop, "method_from_config", build_and_watch)
     run(tiny_values(image_root, tmp_path / "run", epochs=1, amp=amp))
     assert seen and set(seen) == {expected}
 

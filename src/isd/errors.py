@@ -32,6 +32,14 @@ class UsageError(Exception):
         return str(self)
 
 
+class ArgumentError(UsageError, ValueError):
+    """A bad value passed to the Python API: one line naming the argument and the fix (a ValueError)."""
+
+
+class ArgumentTypeError(UsageError, TypeError):
+    """An argument of the wrong type passed to the Python API (a TypeError)."""
+
+
 class SettingError(NamesSettings, UsageError):
     """A bad value of one or more settings, named by their config keys (see the module's docstring)."""
 

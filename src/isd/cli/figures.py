@@ -11,7 +11,7 @@ from isd.config import DATASETS, Range, check_range, config_from_dict
 from isd.data.sources import load_source
 from isd.errors import SettingError, UsageError
 from isd.eval.figures import cluster_rows, draw_clusters, draw_neighbours, neighbour_rows
-from isd.methods import ISD, build_method
+from isd.methods import ISD, method_from_config
 from isd.runtime import resolve_device
 from isd.train.loop import image_size_and_stem
 
@@ -90,7 +90,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
     cfg = config_from_dict(opt)
     source = _source(args, opt)
     size, stem = image_size_and_stem(cfg, source)
-    model = build_method(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
+    model = method_from_config(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
     assert isinstance(model, ISD)  # the method was checked above
     model.load_state_dict(ckpt["state_dict"])
     device = resolve_device(args.device)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
+from isd import __version__
 from isd.cli import bench, demo, evaluate, experiments, figures, train
 from isd.cli.common import OneLineParser, run_guarded
 
@@ -14,6 +17,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="isd", description="Self-supervised learning by Iterative Similarity Distillation "
                            "(ISD, ICCV 2021), with ISD+, asymmetric BYOL and MoCo-v2. Train an encoder on unlabeled "
                            "images, evaluate it (kNN, linear probe) and export the backbone.")
+    parser.add_argument("--version", action="version", version=f"isd {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module in COMMANDS:
         module.register(sub)

@@ -18,11 +18,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from isd.config import build_config
 from isd.data.batch_augment import BatchAugment, two_views
 from isd.data.decode import decode_all, encoded_or_rgb, jpeg_decoder_problem, open_rgb, rgb_tensor
 from isd.data.pil_augment import eval_transform, train_transform
-from isd.data.sources import Source
-from isd.errors import SettingError, UsageError
+from isd.data.sources import IMAGENET_MEAN, IMAGENET_STD, Source
+from isd.errors import ArgumentError, ArgumentTypeError, SettingError, UsageError
 from isd.runtime import ignore_stop_signals
 
 MAX_REPLACEMENT_TRIES = 64
@@ -194,6 +195,37 @@ class TensorLoader:
             key, query = two_views(self.images[batch], self.key_aug, self.query_aug, gen)
             mine = slice(s.rank * s.local, (s.rank + 1) * s.local)
             yield Batch(key[mine], query[mine], self.targets[batch][mine], [])
+
+
+def two_view_batches(images: Tensor, labels: Tensor | None = None, *, batch_size: int = 256, seed: int = 0,
+                     augmentation: str = "strong/strong", crop_scale: tuple[float, float] = (0.2, 1.0),
+                     blur_prob: float = 0.5, size: int | None = None, mean: tuple[float, ...] | None = None,
+                     std: tuple[float, ...] | None = None, device: str | torch.device = "cpu") -> TensorLoader:
+    """Training batches of an in-memory uint8 set ``[N, C, H, W]`` (C = 1 or 3), exactly as `isd train` makes
+    them: `.epoch(e)` yields each step's `Batch` (key view, query view, labels) of epoch e (counted from 1), in
+    an order and with views that are functions of (seed, epoch, step); `.steps_per_epoch()` = N // batch_size.
+    `augmentation` is TEACHER/STUDENT with recipes weak and strong; `mean`/`std` default to ImageNet's (0.5 for
+    one channel); `size` to the images' own."""
+    usable = isinstance(images, Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+    if not usable or images.shape[1] not in (1, 3):
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ArgumentTypeError(f"images must be a uint8 tensor [N, C, H, W] with C = 1 or 3, got {got}")
+    n, channels = images.shape[0], images.shape[1]
+    labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (n,):
+        raise ArgumentError(f"labels must be one integer per image ({n}), got shape {tuple(labels.shape)}")
+    values = {"data": "in-memory", "batch_size": batch_size, "seed": seed, "augmentation": augmentation,
+              "crop_scale": list(crop_scale), "blur_prob": blur_prob, "image_size": size}
+    try:
+        cfg = build_config(None, values)
+    except UsageError as err:
+        raise ArgumentError(str(err)) from None
+    if batch_size > n:
+        raise ArgumentError(f"batch_size={batch_size} is larger than the {n} images")
+    default_mean, default_std = ((0.5,), (0.5,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    source = Source("in-memory", [str(c) for c in range(int(labels.max()) + 1)], labels, tuple(mean or default_mean),
+                    tuple(std or default_std), native_size=images.shape[-1], images=images)
+    return TensorLoader(source, cfg, size or images.shape[-1], torch.device(device))
 
 
 # ----------------------------------------------------------------------------------------------- image files

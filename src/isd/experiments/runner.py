@@ -25,7 +25,7 @@ from isd.experiments.evaluate import metrics
 from isd.experiments.plans import Cell, Plan
 from isd.experiments.provenance import provenance
 from isd.experiments.report import train_seconds
-from isd.methods import build_method
+from isd.methods import method_from_config
 from isd.runtime import resolve_device, write_atomic
 from isd.train.loop import image_size_and_stem, train
 
@@ -125,7 +125,7 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
         size, stem = image_size_and_stem(cfg, bank)
         if cell.floor == "random-init":
             torch.manual_seed(cfg.seed)  # the initial weights of the trained cells of this seed
-            net = build_method(cfg, in_channels=bank.channels, stem=stem, num_classes=len(bank.classes)).encoder_q
+            net = method_from_config(cfg, in_channels=bank.channels, stem=stem, num_classes=len(bank.classes)).encoder_q
             net = net.to(device)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)

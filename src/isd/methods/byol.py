@@ -15,10 +15,15 @@ def byol_loss(q: Tensor, k: Tensor) -> Tensor:
 
 
 class BYOL(MomentumMethod):
-    def build_projection(self, feat_dim: int, cfg) -> nn.Module:
+    """train_byol.py: MLP projection (d -> 2d -> d/4) and predictor, teacher momentum 0.99, no queue."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int | None = None, *, ema: float = 0.99) -> None:
+        super().__init__(backbone, feat_dim, ema=ema)
+
+    def build_projection(self, feat_dim: int) -> nn.Module:
         return mlp(feat_dim, 2 * feat_dim, feat_dim // 4)
 
-    def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
+    def build_predictor(self, feat_dim: int) -> nn.Module:
         return mlp(feat_dim // 4, 2 * feat_dim, feat_dim // 4)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isd.methods.base import checked_number
 from isd.methods.momentum import QueuedMethod, purity
 from isd.nets.heads import moco_projection
 
@@ -20,14 +21,17 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temp: float) -> Tensor:
 
 
 class MoCo(QueuedMethod):
-    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
-        super().__init__(backbone, feat_dim, cfg)
-        self.temp_infonce = cfg.temp_infonce
+    """MoCo-v2: 128-d MLP projection, InfoNCE at temperature 0.2, queue 65,536, teacher momentum 0.999."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int | None = None, *, queue_size: int = 65_536,
+                 temp: float = 0.2, ema: float = 0.999) -> None:
+        super().__init__(backbone, feat_dim, queue_size=queue_size, ema=ema)
+        self.temp_infonce = float(checked_number("temp", temp, 0.0, low_open=True))
 
     def queue_dim(self, feat_dim: int) -> int:
         return MOCO_DIM
 
-    def build_projection(self, feat_dim: int, cfg) -> nn.Module:
+    def build_projection(self, feat_dim: int) -> nn.Module:
         return moco_projection(feat_dim, MOCO_DIM)
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isd.methods.base import AfterStep, Method, Step
+from isd.methods.base import AfterStep, ArgumentError, Method, Step, checked_backbone, checked_number
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -48,6 +48,8 @@ class MemoryQueue(nn.Module):
 
     def __init__(self, size: int, dim: int, init_dim: int = 1) -> None:
         super().__init__()
+        size, dim = int(checked_number("queue_size", size, 1, integer=True)), int(checked_number("dim", dim, 1,
+                                                                                                   integer=True))
         # `init_dim` = 0 reproduces train_isd.py's normalisation of the random init along the wrong axis
         # (docs/faithfulness.md); 1 gives unit rows, as train_isd_plus.py and MoCo start.
         self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=init_dim))
@@ -65,6 +67,10 @@ class MemoryQueue(nn.Module):
         if self._cursor is None:
             self._cursor = int(self.ptr)
         start, n = self._cursor, keys.shape[0]
+        if start + n > self.queue.shape[0] or keys.shape[1:] != self.queue.shape[1:]:
+            raise ArgumentError(f"cannot enqueue {tuple(keys.shape)} keys in a queue of {self.queue.shape[0]} x "
+                                f"{self.queue.shape[1]} at position {start}: the queue size must be a multiple of "
+                                f"the (global) batch size and the keys {self.queue.shape[1]}-d")
         self.queue[start:start + n] = keys.to(self.queue.dtype)
         if labels is not None:
             self.labels[start:start + n] = labels
@@ -78,26 +84,31 @@ class MomentumMethod(Method):
     The teacher moves after the optimizer step (`AfterStep.update_teacher`), with the student just stepped. The
     original moves it at the top of each forward instead: the same update, one step later in the code, so its
     first step sees the teacher updated once from its own copy, and its checkpoints hold a teacher that still
-    owes the update of their last step. `catch_up_teacher()` is that update: the loop makes it before the first
-    step of a new run and after loading such a checkpoint, and every loss stays the original's to the bit.
+    owes the update of their last step. `catch_up_teacher()` is that update: a new method makes it as it is built
+    (before its first step), the loop again after loading such a checkpoint, and every loss stays the original's
+    to the bit.
     """
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
+    def __init__(self, backbone: nn.Module, feat_dim: int | None = None, *, ema: float = 0.999) -> None:
         super().__init__()
-        self.ema = cfg.ema
+        backbone, feat_dim = checked_backbone(backbone, feat_dim)
+        self.ema = float(checked_number("ema", ema, 0.0, 1.0))
+        self.feat_dim = feat_dim
         self.encoder_q = backbone
-        self.encoder_q.fc = self.build_projection(feat_dim, cfg)
-        self.predict_q = self.build_predictor(feat_dim, cfg)
+        self.encoder_q.fc = self.build_projection(feat_dim)
+        self.predict_q = self.build_predictor(feat_dim)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self._pairs: tuple[list[Tensor], list[Tensor]] | None = None
+        self.catch_up_teacher()  # a new method is as the original's is at its first step
+        self._pairs = None  # listed again at the first step: SyncBatchNorm's conversion replaces BN parameters
 
     # --- what a method may override -------------------------------------------------------------
-    def build_projection(self, feat_dim: int, cfg) -> nn.Module:
+    def build_projection(self, feat_dim: int) -> nn.Module:
         return nn.Identity()
 
-    def build_predictor(self, feat_dim: int, cfg) -> nn.Module:
+    def build_predictor(self, feat_dim: int) -> nn.Module:
         return nn.Identity()
 
     def loss(self, q: Tensor, k: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -164,9 +175,9 @@ class QueuedMethod(MomentumMethod):
     queue_init_dim = 1
     queue: MemoryQueue
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, cfg) -> None:
-        super().__init__(backbone, feat_dim, cfg)
-        self.queue = MemoryQueue(cfg.queue_size, self.queue_dim(feat_dim), init_dim=self.queue_init_dim)
+    def __init__(self, backbone: nn.Module, feat_dim: int | None = None, *, queue_size: int, ema: float) -> None:
+        super().__init__(backbone, feat_dim, ema=ema)
+        self.queue = MemoryQueue(queue_size, self.queue_dim(self.feat_dim), init_dim=self.queue_init_dim)
 
     def queue_dim(self, feat_dim: int) -> int:
         raise NotImplementedError

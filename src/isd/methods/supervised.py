@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isd.methods.base import AfterStep, Method, Step
+from isd.methods.base import AfterStep, Method, Step, checked_backbone, checked_number
 from isd.methods.momentum import at_least_fp32
 
 
 class Supervised(Method):
-    def __init__(self, backbone: nn.Module, feat_dim: int, cfg, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, feat_dim: int | None = None, *, num_classes: int) -> None:
         super().__init__()
+        backbone, feat_dim = checked_backbone(backbone, feat_dim)
         self.encoder_q = backbone
-        self.encoder_q.fc = nn.Linear(feat_dim, num_classes)
+        self.encoder_q.fc = nn.Linear(feat_dim, int(checked_number("num_classes", num_classes, 2, integer=True)))
 
     def forward(self, key_view: Tensor, query_view: Tensor, labels: Tensor | None = None) -> Step:
         if labels is None:

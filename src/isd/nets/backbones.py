@@ -12,6 +12,8 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from isd.errors import ArgumentError, ArgumentTypeError
+
 _CONSTRUCTORS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
 
 
@@ -20,8 +22,10 @@ def feature_dim(arch: str, width: int = 64) -> int:
     return 8 * width * expansion
 
 
-def build_backbone(arch: str, stem: str = "imagenet", width: int = 64, in_channels: int = 3) -> ResNet:
-    """A ResNet whose `fc` is Identity, so forward() returns the pooled feature vector."""
+def build_backbone(arch: str = "resnet18", stem: str = "imagenet", width: int = 64, in_channels: int = 3) -> ResNet:
+    """A ResNet whose `fc` is Identity, so forward() returns the pooled feature vector (`feature_dim(arch, width)`
+    values). `stem` small: a 3x3 stride-1 first convolution and no max-pool, for 28-32 px images."""
+    _check_backbone_arguments(arch, stem, width, in_channels)
     net = _CONSTRUCTORS[arch]()
     block = Bottleneck if arch == "resnet50" else BasicBlock
     if width != 64:
@@ -35,6 +39,20 @@ def build_backbone(arch: str, stem: str = "imagenet", width: int = 64, in_channe
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.fc = nn.Identity()
     return net
+
+
+def _check_backbone_arguments(arch: object, stem: object, width: object, in_channels: object) -> None:
+    """One-line errors (ValueError / TypeError) for what build_backbone cannot build."""
+    if arch not in _CONSTRUCTORS:
+        raise ArgumentError(f"unknown arch {arch!r}: use one of {', '.join(_CONSTRUCTORS)}")
+    if stem not in ("imagenet", "small"):
+        raise ArgumentError(f"stem must be 'imagenet' (7x7/2 + max-pool) or 'small' (3x3/1, for 28-32 px), "
+                            f"got {stem!r}")
+    for name, value in (("width", width), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArgumentTypeError(f"{name} must be a whole number, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ArgumentError(f"{name} must be at least 1, got {value}")
 
 
 def _rebuild_stages(net: ResNet, block: type, width: int) -> None:

@@ -20,7 +20,7 @@ from isd.data.batches import batches_of
 from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
 from isd.errors import Preempted, SettingError
-from isd.methods import Method, build_method
+from isd.methods import Method, method_from_config
 from isd.runtime import init_distributed, leave_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
@@ -82,7 +82,7 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_method(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
+    model = method_from_config(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if device.type == "cpu" and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
@@ -97,8 +97,8 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
                                 fused=use_fused_sgd(device) or None)
     setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer, joined_group=joined)
-    if not resume(setup, log, trust_code):
-        model.catch_up_teacher()  # the teacher update the original makes before its first (or resumed) step
+    if resume(setup, log, trust_code):
+        model.catch_up_teacher()  # the teacher update the original makes before its resumed step (a new one made it)
     return setup
 
 
@@ -164,7 +164,8 @@ def slow_bf16_warning(cfg: Config, device: torch.device) -> str | None:
 def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -> bool:
     """Continue from `--resume`: a checkpoint of ours or of the original scripts (their keys are mapped onto
     ours; their queue, pointer and optimizer state are restored as the original's own --resume did). True when
-    the loaded teacher is up to date (our current format), False when it owes an update (or nothing was loaded)."""
+    the loaded teacher owes an update (the original's checkpoints, `isd-ssl/1`); False when it is up to date (our
+    current format) or nothing was loaded."""
     cfg = setup.cfg
     if not cfg.resume:
         return False
@@ -203,7 +204,7 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
     setup.start_epoch = int(state["epoch"]) + (0 if steps_done else 1)
     setup.start_step = steps_done
     log(f"resumed from {path}: epoch {state['epoch']}" + (f", step {steps_done}" if steps_done else ""))
-    return ck.teacher_is_current(state)
+    return not ck.teacher_is_current(state)
 
 
 def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
