@@ -135,6 +135,18 @@ def test_shipped_plans_expand_to_their_grids():
     assert load_plan("folder").cells("smoke")[0].config(Path("runs/x"), data="d").dataset == "folder"
 
 
+def test_the_cpu_seeds_budgets_give_every_claim_enough_pairs():
+    balanced = load_plan("fmnist-balanced").cells("cpu-seeds")
+    for method in ("isd", "isd-plus", "byol", "moco", "supervised", "random-init"):
+        assert sorted(c.seed for c in balanced if c.method == method) == [0, 1, 2], method
+    isd = next(c for c in balanced if c.method == "isd").config(Path("runs/x"))
+    assert (isd.width, isd.epochs, isd.max_train_images, isd.blur_prob, isd.crop_scale) == (16, 2, 32000, 0.5,
+                                                                                            (0.5, 1.0))
+    unbalanced = load_plan("fmnist-unbalanced").cells("cpu-seeds")
+    assert sorted((c.method, c.draw) for c in unbalanced) == [(m, d) for m in ("isd", "moco") for d in range(1, 6)]
+    assert all(c.eval_images == 10000 for c in balanced + unbalanced)
+
+
 def test_only_and_shard_pick_parts_of_the_grid():
     cells = load_plan("fmnist-balanced").cells("gpu")
     assert [c.name for c in select(cells, "method=isd,seed=1")] == ["isd-seed1"]

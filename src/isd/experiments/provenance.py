@@ -50,7 +50,8 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"CPU: {model}, {torch.get_num_threads()} threads"
+    # the kernels ATen dispatches to (AVX2, AVX512, ...): two CPUs of one model name may differ in them
+    return f"CPU: {model} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def command_line() -> str:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The cpu-seeds grids of issue 19, one training process at a time on a 2-core CPU, in the order that completes
+# the paper's claims soonest: the unbalanced ISD/MoCo-v2 pairs draw by draw, then the balanced methods seed by
+# seed. Every cell is resumable: run it again (in this or a later session) and it skips what is finished and
+# resumes what was stopped. Results land in benchmarks/results/experiments/*-cpu-seeds; `isd report --readme
+# docs/results.md` then regenerates their tables.
+#   bash benchmarks/cpu_seeds.sh            # everything still missing
+#   bash benchmarks/cpu_seeds.sh balanced   # one of the two grids
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ISD=${ISD:-.venv/bin/isd}
+OUT=benchmarks/results/experiments
+which=${1:-all}
+if [[ $which == all || $which == unbalanced ]]; then
+  for draw in 1 2 3 4 5; do
+    $ISD experiment fmnist-unbalanced --budget cpu-seeds --device cpu --only draw=$draw \
+      --out $OUT/fmnist-unbalanced-cpu-seeds
+  done
+fi
+if [[ $which == all || $which == balanced ]]; then
+  for seed in 0 1 2; do
+    $ISD experiment fmnist-balanced --budget cpu-seeds --device cpu \
+      --only seed=$seed,method=isd,method=byol,method=moco --out $OUT/fmnist-balanced-cpu-seeds
+  done
+  for seed in 0 1 2; do
+    $ISD experiment fmnist-balanced --budget cpu-seeds --device cpu --only seed=$seed \
+      --out $OUT/fmnist-balanced-cpu-seeds
+  done
+fi
+$ISD report $OUT/fmnist-unbalanced-cpu-seeds $OUT/fmnist-balanced-cpu-seeds 2>/dev/null || true
