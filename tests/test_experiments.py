@@ -22,7 +22,7 @@ from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_s
 from isd.errors import UsageError
 from isd.experiments.plans import load_plan, select
 from isd.experiments.provenance import provenance
-from isd.experiments.report import readme_blocks, report, train_seconds
+from isd.experiments.report import chart_names, load_results, readme_blocks, report, train_seconds, write_charts
 from isd.experiments.runner import Claim, read_result, run_cells
 from isd.methods import Supervised, method_from_config
 from isd.train.loop import train
@@ -290,6 +290,19 @@ def test_the_readme_results_blocks_are_what_isd_report_makes_of_the_committed_fi
             f"{doc} block for {folders} is stale: run `isd report --readme {doc}`"
         for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", body):
             assert ((ROOT / doc).parent / link).is_file(), f"{doc}: {link} does not exist"
+
+
+def test_cells_evaluated_only_at_the_end_get_no_empty_training_curve(tmp_path):
+    rows = load_results([str(ROOT / "benchmarks/results/experiments/fmnist-balanced-cpu-seeds")])
+    assert rows and not any(r["train"].get("history") for r in rows)  # the cpu-seeds budget: eval_every 0
+    assert chart_names(rows) == ["accuracy", "per_class"]
+    (tmp_path / "curves.png").write_bytes(b"stale")
+    written = write_charts(rows, tmp_path)
+    assert [p.name for p in written] == ["accuracy.png", "per_class.png"] and not (tmp_path / "curves.png").exists()
+    with_history = [dict(rows[0], train={**rows[0]["train"], "history": [{"epoch": 1, "seconds": 60.0,
+                                                                           "student_20nn": 70.0}]})]
+    assert chart_names(with_history) == ["accuracy", "per_class", "curves"]
+    assert chart_names([dict(rows[0], rare_classes=[3])]) == ["accuracy", "rare"]
 
 
 def test_a_resumed_cells_train_time_counts_from_its_first_start():

@@ -19,7 +19,7 @@ for archive in "$WHEEL" "$SDIST"; do
 import sys, tarfile, zipfile
 path = sys.argv[1]
 names = zipfile.ZipFile(path).namelist() if path.endswith(".whl") else tarfile.open(path).getnames()
-need = ["isd/recipes/isd-r18-imagenet.yaml", "isd/plans/fmnist-balanced.yaml", "isd/cli/main.py", "isd/losses.py"]
+need = ["isd/recipes/isd-r18-imagenet.yaml", "isd/plans/fmnist-balanced.yaml", "isd/py.typed", "isd/cli/main.py", "isd/losses.py"]
 missing = [n for n in need if not any(name.endswith(n) for name in names)]
 assert not missing, f"{path} lacks {missing}"
 print(f"{path.rsplit('/', 1)[1]}: {len(names)} files, recipes and plans included")

@@ -228,13 +228,20 @@ def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None =
         if chart_dir and (plan, budget) in chart_dir:
             parts.append("")
             folder = chart_dir[(plan, budget)]
-            parts.append(" ".join(f"![{name}]({folder}/{name}.png)" for name in chart_names(unbalanced)))
+            parts.append(" ".join(f"![{name}]({folder}/{name}.png)" for name in chart_names(rows)))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
 
-def chart_names(unbalanced: bool) -> list[str]:
-    return ["accuracy", "per_class", "curves"] if not unbalanced else ["accuracy", "rare"]
+def chart_names(rows: list[dict]) -> list[str]:
+    if any(r.get("rare_classes") for r in rows):
+        return ["accuracy", "rare"]
+    # a budget that evaluates only at the end (eval_every 0) has no curve to draw
+    return ["accuracy", "per_class"] + (["curves"] if any(_history(r) for r in rows) else [])
+
+
+def _history(row: dict) -> list[dict]:
+    return (row.get("train") or {}).get("history") or []
 
 
 # ----------------------------------------------------------------------------------------------- charts
@@ -244,13 +251,11 @@ def chart_names(unbalanced: bool) -> list[str]:
 
 def write_charts(rows: list[dict], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    unbalanced = any(r.get("rare_classes") for r in rows)
-    paths = [accuracy_chart(rows, folder / "accuracy.png")]
-    if unbalanced:
-        paths.append(rare_chart(rows, folder / "rare.png"))
-    else:
-        paths += [per_class_chart(rows, folder / "per_class.png"), curves_chart(rows, folder / "curves.png")]
-    return paths
+    draw = {"accuracy": accuracy_chart, "rare": rare_chart, "per_class": per_class_chart, "curves": curves_chart}
+    names = chart_names(rows)
+    for stale in set(draw) - set(names):
+        (folder / f"{stale}.png").unlink(missing_ok=True)
+    return [draw[name](rows, folder / f"{name}.png") for name in names]
 
 
 def _by_method(rows: list[dict]) -> dict[str, list[dict]]:
@@ -310,7 +315,7 @@ def curves_chart(rows: list[dict], path: Path) -> Path:
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for method, cells in _by_method(rows).items():
         for j, cell in enumerate(cells):
-            history = (cell.get("train") or {}).get("history") or []
+            history = _history(cell)
             if not history:
                 continue
             label = display(method) if j == 0 else None
