@@ -171,6 +171,8 @@ def test_only_and_shard_pick_parts_of_the_grid():
     ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {eval_max: 5}}", "budget 'smoke': unknown keys"),
     ("methods: {isd: {recipe: isd-r18-fmnist}}\nbudgets: {smoke: {eval_images: many}}", "eval_images must be"),
     ("methods: {isd: {}}\nqueries: train\nbudgets: {smoke: {}}", "queries must be"),
+    ("methods: {isd: {recipe: isd-r18-fmnist, set: {epochs: 4}}}\nbudgets: {smoke: {set: {epochs: 1}}}",
+     "method 'isd' sets epochs, which budget 'smoke' sets too, and the budget's value wins"),
     ("methods: [", "not valid YAML"),
 ])
 def test_a_bad_plan_is_refused_whole_before_anything_runs(tmp_path, text, message):

@@ -17,7 +17,8 @@ machinery); without it the final evaluation uses all of them, whatever `eval_max
 per-epoch curve.
 
 A cell's config: the method's recipe, then the plan's `set`, the method's `set`, the budget's `set`, and last
-its seed, draw and run folder.
+its seed, draw and run folder. A method's `set` and a budget's `set` may not give one key two values (the
+budget's would silently replace the row's change): a key that rows vary belongs in the plan's `set`.
 """
 
 from __future__ import annotations
@@ -155,6 +156,13 @@ def _check(plan: Plan, origin: str) -> None:
         if unknown:
             raise UsageError(f"plan {origin}, budget '{budget}': unknown keys {unknown} "
                              f"(use about, seeds, draws, set, eval_images)")
+        for method, entry in plan.methods.items():
+            row, length = entry.get("set") or {}, spec.get("set") or {}
+            clash = sorted(key for key in set(row) & set(length) if row[key] != length[key])
+            if clash:  # the budget's value would silently replace the row's: the row would not be what it says
+                raise UsageError(f"plan {origin}: method '{method}' sets {', '.join(clash)}, which budget '{budget}' "
+                                 f"sets too, and the budget's value wins; set it in the plan's `set` instead of the "
+                                 f"budget's, or leave it out of the method's")
         images = spec.get("eval_images", 0)
         if not isinstance(images, int) or isinstance(images, bool) or images < 0:
             raise UsageError(f"plan {origin}, budget '{budget}': eval_images must be a whole number ≥ 0 "
