@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,9 @@ def test_supervised_training_learns_and_checkpoints_like_the_other_methods(image
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "plans").glob("*.yaml")), ids=lambda p: p.name)
 def test_the_committed_sweep_plans_load(path):
     plan = load_plan(str(path))  # every cell's config resolves
-    assert plan.queries == "holdout"  # sweeps choose recipes on the validation split, never on test
+    # sweeps choose recipes on the validation split, never on test; a check (a chosen recipe on a set it was not
+    # chosen on) is read on the test split and tunes nothing
+    assert plan.queries == ("test" if path.stem.endswith("-check") else "holdout")
 
 
 def test_shipped_plans_expand_to_their_grids():
@@ -147,6 +150,17 @@ def test_the_cpu_seeds_budgets_give_every_claim_enough_pairs():
     assert all(c.eval_images == 10000 for c in balanced + unbalanced)
 
 
+def test_the_cpu_recipe_study_runs_its_baseline_and_leading_rows_on_three_seeds():
+    plan = load_plan(str(ROOT / "benchmarks" / "plans" / "fmnist-cpu-recipe-study.yaml"))
+    seeds = defaultdict(list)
+    for cell in plan.cells("cpu-seeds"):
+        seeds[cell.method].append(cell.seed)
+    assert plan.baseline == "demo"
+    leading = {"demo", "batch128", "queue1024", "random-init"}
+    assert {m for m, s in seeds.items() if s == [0, 1, 2]} == leading
+    assert all(s == [0] for m, s in seeds.items() if m not in leading)
+
+
 def test_only_and_shard_pick_parts_of_the_grid():
     cells = load_plan("fmnist-balanced").cells("gpu")
     assert [c.name for c in select(cells, "method=isd,seed=1")] == ["isd-seed1"]
@@ -173,6 +187,8 @@ def test_only_and_shard_pick_parts_of_the_grid():
     ("methods: {isd: {}}\nqueries: train\nbudgets: {smoke: {}}", "queries must be"),
     ("methods: {isd: {recipe: isd-r18-fmnist, set: {epochs: 4}}}\nbudgets: {smoke: {set: {epochs: 1}}}",
      "method 'isd' sets epochs, which budget 'smoke' sets too, and the budget's value wins"),
+    ("methods: {isd: {recipe: isd-r18-fmnist}, px: {floor: raw-pixels}}\nbaseline: px\nbudgets: {smoke: {}}",
+     "baseline 'px' must name one of its trained rows: isd"),
     ("methods: [", "not valid YAML"),
 ])
 def test_a_bad_plan_is_refused_whole_before_anything_runs(tmp_path, text, message):

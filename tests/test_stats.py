@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from isd.experiments.report import claim_lines
+from isd.experiments.report import baseline_lines, claim_lines, markdown
 from isd.experiments.stats import PaperClaim, pair_up, paired, t_quantile_975
 
 
@@ -80,6 +80,27 @@ def test_claim_lines_for_unbalanced_draws_use_the_rare_classes():
     assert rare.startswith("ISD ≥ MoCo-v2 at 1-NN on the rare classes: **holds** (ISD − MoCo-v2 = +3.00 points")
     assert rare.endswith("3 paired draws: +2.50, +3.00, +3.50)")
     assert everything.startswith("ISD ≥ MoCo-v2 at 1-NN on all classes: **holds** (ISD − MoCo-v2 = +1.00 points")
+
+
+def test_a_study_judges_rows_on_two_or_more_seeds_against_its_baseline_row():
+    rows = [_row("demo", s, v) for s, v in enumerate((80.0, 81.0, 79.0))]
+    rows += [_row("batch128", s, v) for s, v in enumerate((81.0, 82.5, 80.5))]  # +1.0, +1.5, +1.5
+    rows += [_row("crop0.3", 0, 70.0), _row("random-init", 0, 79.0), _row("random-init", 1, 80.0)]
+    rows[-1]["floor"] = rows[-2]["floor"] = "random-init"
+    assert baseline_lines(rows) == []  # no plan named a baseline
+    rows[3]["baseline"] = "demo"  # one cell naming it speaks for the group (cells run before the plan said so)
+    # differences 1.0, 1.5, 1.5: mean 4/3, sd 0.288675, half-width 4.303 * 0.288675 / sqrt(3) = 0.7172
+    (line,) = baseline_lines(rows, bold=False)  # crop0.3 has one seed, floors are not judged
+    assert line == ("batch128 ≥ demo at 20-NN: holds (batch128 − demo = +1.33 points, 95% interval [+0.62, +2.05]; "
+                    "3 paired seeds: +1.00, +1.50, +1.50)")
+    for row in rows:
+        row.update(plan="study", budget="b", budget_about="", queries="holdout", classes=["a"],
+                   config={"arch": "r", "dataset": "d"},
+                   seconds=1.0, eval={}, provenance={"device": "cpu", "torch": "2", "commit": None, "dirty": False})
+        row["metrics"].update(knn_weighted=0.0, linear=0.0)
+    text = markdown(rows)
+    assert "each against the baseline row demo (paired by seed" in text
+    assert "- batch128 ≥ demo at 20-NN: **holds**" in text
 
 
 def test_the_demo_prints_the_committed_claims_verdicts(capsys):

@@ -17,7 +17,7 @@ from isd.runtime import path_problem
 METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 AUGMENTATIONS = ("weak", "strong")
-DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "cifar10", "cifar100")
+DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "mnist", "cifar10", "cifar100")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 

@@ -15,18 +15,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
+from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from isd.errors import SettingError, UsageError
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+@dataclass(frozen=True)
+class IdxSet:
+    """A 28 px grayscale set stored as the four idx .gz files (Fashion-MNIST, MNIST)."""
+    title: str
+    torchvision_class: type
+    places: tuple[str, ...]  # where a system package puts the files
+    install_hint: str
+    classes: tuple[str, ...]
+
+
+IDX_SETS = {
+    "fashion-mnist": IdxSet("Fashion-MNIST", FashionMNIST, ("/usr/share/datasets/fashion-mnist",),
+                            "as root run `apt-get install dataset-fashion-mnist`, or ",
+                            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                             "Ankle boot")),
+    "mnist": IdxSet("MNIST", MNIST, (), "", tuple(str(d) for d in range(10))),
+}
 SMALL_SETS = {  # name: (mean, std)
     "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
@@ -63,8 +82,8 @@ class Source:
 
 def load_source(dataset: str, data: str, split: str = "train", subset_file: str | None = None) -> Source:
     """`split` is train or val (val = a built-in set's test split)."""
-    if dataset == "fashion-mnist":
-        return fashion_mnist(data, split)
+    if dataset in IDX_SETS:
+        return idx_set(dataset, data, split)
     if dataset in ("cifar10", "cifar100"):
         return cifar(dataset, data, split)
     return image_folder(Path(data) / split, imagenet100=dataset == "imagenet100", subset_file=subset_file)
@@ -175,39 +194,43 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def find_fashion_mnist(data: str) -> Path | None:
-    names = FASHION_MNIST_FILES["train"]
-    for folder in ([Path(data), Path(data) / "raw", Path(data) / "FashionMNIST" / "raw"] if data else []) + \
-            [Path(d) for d in FASHION_MNIST_DIRS]:
-        if all((folder / n).is_file() for n in names):
+def find_idx_files(dataset: str, data: str) -> Path | None:
+    """The folder holding `dataset`'s idx files: DATA (or its raw/ or torchvision's <Class>/raw/), then the places
+    a system package puts them."""
+    spec = IDX_SETS[dataset]
+    folders = [Path(data), Path(data) / "raw", Path(data) / spec.torchvision_class.__name__ / "raw"] if data else []
+    for folder in folders + [Path(d) for d in spec.places]:
+        if all((folder / n).is_file() for n in IDX_FILES["train"]):
             return folder
     return None
 
 
-def fashion_mnist(data: str, split: str) -> Source:
-    folder = find_fashion_mnist(data)
-    if folder is None:
-        folder = _download_fashion_mnist(data)
-    images_name, labels_name = FASHION_MNIST_FILES["train" if split == "train" else "test"]
+def find_fashion_mnist(data: str) -> Path | None:
+    return find_idx_files("fashion-mnist", data)
+
+
+def idx_set(dataset: str, data: str, split: str) -> Source:
+    folder = find_idx_files(dataset, data) or _download_idx_set(dataset, data)
+    images_name, labels_name = IDX_FILES["train" if split == "train" else "test"]
     images = torch.from_numpy(_read_idx(folder / images_name).copy()).unsqueeze(1)
     targets = torch.from_numpy(_read_idx(folder / labels_name).astype(np.int64))
-    mean, std = SMALL_SETS["fashion-mnist"]
-    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
-    return Source("fashion-mnist", classes, targets, mean, std, native_size=28, images=images)
+    mean, std = SMALL_SETS[dataset]
+    return Source(dataset, list(IDX_SETS[dataset].classes), targets, mean, std, native_size=28, images=images)
 
 
-def _download_fashion_mnist(data: str) -> Path:
+def _download_idx_set(dataset: str, data: str) -> Path:
+    spec = IDX_SETS[dataset]
     root = Path(data or Path.home() / ".cache" / "isd")
     try:
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        spec.torchvision_class(str(root), train=True, download=True)
+        spec.torchvision_class(str(root), train=False, download=True)
     except Exception as err:  # no network, proxy, disk...
+        where = data or ", ".join(spec.places) or "DATA"
         raise UsageError(
-            f"Fashion-MNIST not found in {data or '/usr/share/datasets/fashion-mnist'} and the download failed "
-            f"({type(err).__name__}); as root run `apt-get install dataset-fashion-mnist`, or put the four "
-            f"idx .gz files in a folder and pass it as DATA") from None
-    return root / "FashionMNIST" / "raw"
+            f"{spec.title} not found in {where} and the download failed ({type(err).__name__}); "
+            f"{spec.install_hint}put the four idx .gz files ({', '.join(IDX_FILES['train'] + IDX_FILES['test'])}) "
+            f"in a folder and pass it as DATA") from None
+    return root / spec.torchvision_class.__name__ / "raw"
 
 
 def cifar(name: str, data: str, split: str) -> Source:

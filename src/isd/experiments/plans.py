@@ -9,6 +9,7 @@ A plan (shipped in `isd/plans/NAME.yaml`, or any YAML file) has:
       NAME: {recipe: R, set: {..}, floor: raw-pixels | random-init, seeds: [..]}
     seeds: [0, 1, 2]
     draws: [1, 2]                  # optional: unbalanced draws (config key `draw`)
+    baseline: NAME                 # optional: a trained row the report compares every other row with, by seed
     budgets:
       NAME: {about: text, seeds: [..], draws: [..], set: {..}, eval_images: N}
 
@@ -77,6 +78,7 @@ class Plan:
     draws: list[int] | None
     budgets: dict[str, dict[str, Any]]
     common: dict[str, Any]
+    baseline: str | None = None
 
     def budget(self, name: str) -> dict[str, Any]:
         if name not in self.budgets:
@@ -128,7 +130,8 @@ def load_plan(name_or_path: str) -> Plan:
 def _from_dict(name: str, raw: Any, origin: str) -> Plan:
     if not isinstance(raw, dict) or not isinstance(raw.get("methods"), dict) or not raw["methods"]:
         raise UsageError(f"plan {origin} needs a 'methods' mapping (NAME: {{recipe: ...}})")
-    unknown = sorted(set(raw) - {"description", "queries", "set", "methods", "seeds", "draws", "budgets"})
+    unknown = sorted(set(raw) - {"description", "queries", "set", "methods", "seeds", "draws", "budgets",
+                              "baseline"})
     if unknown:
         raise UsageError(f"plan {origin}: unknown keys {unknown}")
     methods = {str(k): (v or {}) for k, v in raw["methods"].items()}
@@ -136,13 +139,18 @@ def _from_dict(name: str, raw: Any, origin: str) -> Plan:
                 methods=methods, seeds=[int(s) for s in raw.get("seeds", [0])],
                 draws=[int(d) for d in raw["draws"]] if raw.get("draws") else None,
                 budgets={str(k): (v or {}) for k, v in (raw.get("budgets") or {}).items()},
-                common=dict(raw.get("set") or {}))
+                common=dict(raw.get("set") or {}),
+                baseline=None if raw.get("baseline") is None else str(raw["baseline"]))
 
 
 def _check(plan: Plan, origin: str) -> None:
     """Resolve every cell's config once, so a typo in any cell fails now, naming the plan, budget and cell."""
     if plan.queries not in ("test", "holdout"):
         raise UsageError(f"plan {origin}: queries must be test or holdout, got {plan.queries!r}")
+    if plan.baseline is not None and (plan.baseline not in plan.methods or plan.methods[plan.baseline].get("floor")):
+        trained = [name for name, entry in plan.methods.items() if not entry.get("floor")]
+        raise UsageError(f"plan {origin}: baseline {plan.baseline!r} must name one of its trained rows: "
+                         f"{', '.join(trained)}")
     if not plan.budgets:
         raise UsageError(f"plan {origin} has no budgets (e.g. budgets: {{smoke: {{set: {{epochs: 1}}}}}})")
     for name, entry in plan.methods.items():

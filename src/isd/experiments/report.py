@@ -100,11 +100,31 @@ def claim_lines(rows: list[dict], bold: bool = True) -> list[str]:
     """One sentence per claim of the paper that this group can test: holds, does not hold, or not resolved, with
     the paired mean difference and its 95% interval (`isd.experiments.stats`)."""
     unbalanced = any(r.get("rare_classes") for r in rows)
-    unit = "draw" if unbalanced else "seed"
+    claims = UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS
+    return _verdicts(rows, claims, "draw" if unbalanced else "seed", bold, min_pairs=1)
+
+
+def baseline_of(rows: list[dict]) -> str | None:
+    """The row a study plan compares the others with (its `baseline`); cells run before the plan named one carry
+    none, so any cell of the group that names it speaks for the group."""
+    return next((r["baseline"] for r in rows if r.get("baseline")), None)
+
+
+def baseline_lines(rows: list[dict], bold: bool = True) -> list[str]:
+    """Every trained row that shares at least two seeds with the plan's baseline row, judged against it at 20-NN
+    the way the paper's claims are: 'ROW ≥ BASELINE' holds, does not hold or is not resolved."""
+    baseline = baseline_of(rows)
+    if baseline is None:
+        return []
+    others = sorted({r["method"] for r in rows if not r.get("floor") and r["method"] != baseline}, key=method_order)
+    return _verdicts(rows, [PaperClaim(m, baseline, "knn20", "20-NN") for m in others], "seed", bold, min_pairs=2)
+
+
+def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int) -> list[str]:
     lines = []
-    for claim in UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS:
+    for claim in claims:
         result = pair_up(rows, claim, metric_value)
-        if result is None:
+        if result is None or result.n < min_pairs:
             continue
         a, b = display(claim.better), display(claim.worse)
         verdict = f"**{result.verdict}**" if bold else result.verdict
@@ -225,6 +245,14 @@ def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None =
                          + "; the interval is Student's t over the pairs):")
             parts.append("")
             parts += [f"- {line}" for line in claims]
+        against = baseline_lines(rows)
+        if against:
+            parts.append("")
+            parts.append(f"Rows run on two or more seeds, each against the baseline row "
+                         f"{display(baseline_of(rows) or '')} (paired by seed; the interval is Student's t over the "
+                         f"pairs):")
+            parts.append("")
+            parts += [f"- {line}" for line in against]
         if chart_dir and (plan, budget) in chart_dir:
             parts.append("")
             folder = chart_dir[(plan, budget)]

@@ -143,7 +143,7 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     result = {
         "plan": plan.name, "budget": cell.budget, "budget_about": plan.budget(cell.budget).get("about", ""),
         "cell": cell.name, "method": cell.method, "trained_method": None if cell.floor else cfg.method,
-        "floor": cell.floor, "seed": cell.seed, "draw": cell.draw, "queries": plan.queries,
+        "floor": cell.floor, "baseline": plan.baseline, "seed": cell.seed, "draw": cell.draw, "queries": plan.queries,
         "classes": bank.classes, "common_classes": common,
         "rare_classes": [c for c in range(len(bank.classes)) if common and c not in common],
         "metrics": {k: v for k, v in scores.items() if k not in ("per_class", "sizes", "protocol", "seconds")},
