@@ -5,7 +5,7 @@
 # resumes what was stopped. Results land in benchmarks/results/experiments/*-cpu-seeds; `isd report --readme
 # docs/results.md` then regenerates their tables.
 #   bash benchmarks/cpu_seeds.sh            # everything still missing
-#   bash benchmarks/cpu_seeds.sh balanced   # one of the two grids
+#   bash benchmarks/cpu_seeds.sh balanced   # one of the grids (unbalanced, balanced, balanced-w8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISD=${ISD:-.venv/bin/isd}
@@ -27,4 +27,12 @@ if [[ $which == all || $which == balanced ]]; then
       --out $OUT/fmnist-balanced-cpu-seeds
   done
 fi
-$ISD report $OUT/fmnist-unbalanced-cpu-seeds $OUT/fmnist-balanced-cpu-seeds 2>/dev/null || true
+if [[ $which == all || $which == balanced-w8 ]]; then
+  # the balanced claims at 1/8 width, where four epochs leave the random start (budget cpu-seeds-w8)
+  for seed in 0 1 2; do
+    $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8 \
+      --only seed=$seed,method=isd,method=isd-plus,method=byol,method=moco,method=random-init,method=raw-pixels
+  done
+  $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8
+fi
+$ISD report $OUT/fmnist-unbalanced-cpu-seeds $OUT/fmnist-balanced-cpu-seeds $OUT/fmnist-balanced-cpu-seeds-w8 2>/dev/null || true

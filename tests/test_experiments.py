@@ -18,17 +18,17 @@ import torch.nn.functional as F
 from conftest import ROOT, single_thread, tiny_values
 from isd.cli.main import main
 from isd.config import build_config
-from isd.data.sources import find_fashion_mnist, load_source
+from isd.data.sources import find_idx_files, load_source
 from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_split, training_images, unbalanced_subset
 from isd.errors import UsageError
 from isd.experiments.plans import load_plan, select
 from isd.experiments.provenance import provenance
-from isd.experiments.report import chart_names, load_results, readme_blocks, report, train_seconds, write_charts
+from isd.experiments.report import chart_names, curve_table, load_results, readme_blocks, report, train_seconds, write_charts
 from isd.experiments.runner import Claim, read_result, run_cells
 from isd.methods import Supervised, method_from_config
 from isd.train.loop import train
 
-needs_fmnist = pytest.mark.skipif(find_fashion_mnist("") is None, reason="Fashion-MNIST not installed "
+needs_fmnist = pytest.mark.skipif(find_idx_files("fashion-mnist", "") is None, reason="Fashion-MNIST not installed "
                                   "(apt-get install dataset-fashion-mnist)")
 
 
@@ -321,6 +321,20 @@ def test_cells_evaluated_only_at_the_end_get_no_empty_training_curve(tmp_path):
                                                                            "student_20nn": 70.0}]})]
     assert chart_names(with_history) == ["accuracy", "per_class", "curves"]
     assert chart_names([dict(rows[0], rare_classes=[3])]) == ["accuracy", "rare"]
+
+
+def test_a_single_seed_rows_training_curve_is_tabled_beside_its_final_score_and_the_floors():
+    rows = load_results([str(ROOT / "benchmarks/results/experiments/fmnist-balanced-cpu-seeds")])
+    isd, raw = next(r for r in rows if r["method"] == "isd"), next(r for r in rows if r["method"] == "raw-pixels")
+    checks = [{"epoch": e, "seconds": 60.0 * e, "student_20nn": 70.0 + e, "teacher_20nn": 71.0 + e} for e in (1, 2, 3)]
+    curved = dict(isd, train={**isd["train"], "seconds": 150.0, "history": checks},
+                  config={**isd["config"], "eval_max_images": 5000})
+    table = curve_table([curved, raw]).splitlines()
+    assert table[2] == "| 1 | 1.0 · 71.00 · 72.00 |" and table[4] == "| 3 | 3.0 · 73.00 · 74.00 |"
+    assert table[5] == f"| final, full bank | 3.0 · {isd['metrics']['knn20']:.2f} |"  # train time: the curve's clock
+    assert "5,000 of the training images" in table[-1] and f"raw pixels (floor) {raw['metrics']['knn20']:.2f}" in table[-1]
+    assert curve_table([dict(curved, train={**curved["train"], "history": checks[:2]})]) == ""  # too short a curve
+    assert curve_table([curved, dict(curved, seed=1)]) == ""  # several seeds of a row: the chart, not a table
 
 
 def test_a_resumed_cells_train_time_counts_from_its_first_start():

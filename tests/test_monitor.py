@@ -18,12 +18,12 @@ def test_eval_every_writes_student_and_teacher_curves(tmp_path, capsys):
         code = main(["train", str(data), "--epochs", "2", "--eval-every", "1", "--run-dir", str(run), *sets])
     assert code == 0
     history = json.loads((run / "knn_history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2]
+    assert [row["epoch"] for row in history] == [0, 1, 2]  # 0: the initial weights, before the first step
     for row in history:
         for key in ("student_1nn", "student_20nn", "teacher_1nn", "teacher_20nn"):
             assert 0.0 <= row[key] <= 100.0
     evals = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert sum(1 for row in evals if row["kind"] == "eval") == 2
+    assert sum(1 for row in evals if row["kind"] == "eval") == 3
     assert (run / "curves.png").stat().st_size > 1000
     assert "epoch 2 kNN: student_1nn" in capsys.readouterr().out
 
@@ -59,7 +59,7 @@ def test_eval_every_with_subset_file_labels_queries_as_the_bank(tmp_path, monkey
     with single_thread():
         code = main(["train", str(data), "--epochs", "1", "--eval-every", "1", "--run-dir", str(tmp_path / "run"),
                      "--subset-file", str(tmp_path / "subset.txt"), *sets])
-    assert code == 0 and len(seen) == 2  # student and teacher
+    assert code == 0 and len(seen) == 4  # student and teacher, at epochs 0 and 1
     for bank_y, query_y, num_classes in seen:
         assert num_classes == 2 and sorted(set(bank_y)) == [0, 1]
         assert query_y == [0, 0, 1, 1]  # val/class1 then val/class2; class0's images left out

@@ -15,7 +15,7 @@ import torch
 
 from isd.cli.common import Flags, set_flag
 from isd.config import build_config
-from isd.data.sources import find_fashion_mnist, load_source
+from isd.data.sources import find_idx_files, load_source
 from isd.eval.features import Encoded, encode, raw_pixels
 from isd.eval.knn import knn_of
 from isd.eval.monitor import knn_monitor
@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
     on_gpu = torch.cuda.is_available()
     recipe = args.recipe or (GPU_RECIPE if on_gpu else CPU_RECIPE)
     cfg = build_config(recipe, {"data": args.data, "run_dir": args.run_dir, "dataset": "fashion-mnist"}, args.set)
-    where = find_fashion_mnist(args.data)
+    where = find_idx_files("fashion-mnist", args.data)
     print(f"Fashion-MNIST from {where or 'torchvision download'}; recipe {recipe} on "
           f"{'GPU ' + torch.cuda.get_device_name() if on_gpu else f'CPU ({torch.get_num_threads()} threads)'}")
     train_set = load_source("fashion-mnist", args.data, "train")

@@ -205,10 +205,6 @@ def find_idx_files(dataset: str, data: str) -> Path | None:
     return None
 
 
-def find_fashion_mnist(data: str) -> Path | None:
-    return find_idx_files("fashion-mnist", data)
-
-
 def idx_set(dataset: str, data: str, split: str) -> Source:
     folder = find_idx_files(dataset, data) or _download_idx_set(dataset, data)
     images_name, labels_name = IDX_FILES["train" if split == "train" else "test"]

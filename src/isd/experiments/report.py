@@ -253,12 +253,51 @@ def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None =
                          f"pairs):")
             parts.append("")
             parts += [f"- {line}" for line in against]
+        curves = curve_table(rows)
+        if curves:
+            parts += ["", curves]
         if chart_dir and (plan, budget) in chart_dir:
             parts.append("")
             folder = chart_dir[(plan, budget)]
             parts.append(" ".join(f"![{name}]({folder}/{name}.png)" for name in chart_names(rows)))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
+
+
+def curve_table(rows: list[dict]) -> str:
+    """The kNN checks during training of single-seed trained rows (a budget-sizing plan), epoch by epoch, beside
+    each row's final score and the floors. Empty when no cell kept a curve of three or more checks."""
+    cells = [r for r in rows if len(_history(r)) >= 3 and not r["floor"]]
+    if not cells or len({r["method"] for r in cells}) != len(cells):
+        return ""  # several seeds of a row: the chart shows them; a table would have to pick one
+    cells.sort(key=lambda r: method_order(r["method"]))
+    epochs = sorted({h["epoch"] for r in cells for h in _history(r)})
+    at = [{h["epoch"]: h for h in _history(r)} for r in cells]
+    lines = ["| epoch | " + " | ".join(f"{display(r['method'])}: min · student 20-NN · teacher 20-NN"
+                                       for r in cells) + " |",
+             "| --- | " + " | ".join("---" for _ in cells) + " |"]
+    for epoch in epochs:
+        cells_at = [_curve_cell(by_epoch.get(epoch)) for by_epoch in at]
+        lines.append(f"| {epoch or '0 (initial weights)'} | " + " | ".join(cells_at) + " |")
+    lines.append("| final, full bank | " + " | ".join(
+        f"{train_seconds(r['train']) / 60:.1f} · {r['metrics']['knn20']:.2f}" for r in cells) + " |")
+    banks = sorted({r["config"].get("eval_max_images", 0) for r in cells})
+    bank = " / ".join(f"{b:,} of the" if b else "all the" for b in banks)
+    floors = [f"{display(r['method'])} {r['metrics']['knn20']:.2f}" for r in sorted(rows, key=lambda r: r["method"])
+              if r["floor"]]
+    queries = "the held-out split" if rows[0]["queries"] == "holdout" else "the test split"
+    return "\n".join(lines) + (
+        f"\n\nDuring training the kNN bank is {bank} training images and the queries all of {queries}; minutes count "
+        f"training and these checks. The final row uses the full bank, as the floors do"
+        + (f" (20-NN: {', '.join(floors)})." if floors else "."))
+
+
+def _curve_cell(row: dict | None) -> str:
+    if row is None:
+        return ""
+    teacher = row.get("teacher_20nn")
+    return (f"{row['seconds'] / 60:.1f} · {row['student_20nn']:.2f}"
+            + (f" · {teacher:.2f}" if teacher is not None else ""))
 
 
 def chart_names(rows: list[dict]) -> list[str]:
@@ -273,8 +312,6 @@ def _history(row: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- charts
-
-
 
 
 def write_charts(rows: list[dict], folder: Path) -> list[Path]:

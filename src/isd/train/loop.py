@@ -209,7 +209,9 @@ def resume(setup: Setup, log: Callable[[str], None], trust_code: bool = False) -
 
 def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
           trust_code: bool = False) -> Setup:
-    """`trust_code`: unpickle the --resume checkpoint without the safe reader's limits (--trust-checkpoint-code)."""
+    """`on_epoch_end(setup, epoch, runlog)` runs after each epoch, and once with epoch 0 before the first step of a
+    fresh run (the weights at their initialisation: where a curve starts). `trust_code`: unpickle the --resume
+    checkpoint without the safe reader's limits (--trust-checkpoint-code)."""
     setup = build(cfg, log, trust_code)
     cfg, model = setup.cfg, setup.model
     main_process = setup.rank == 0
@@ -233,6 +235,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
     epoch_run = EpochRunner(setup, net, loader, steps, runlog)
     try:
         with epoch_run.stop:
+            if on_epoch_end is not None and setup.start_epoch == 1 and setup.start_step == 0:
+                on_epoch_end(setup, 0, runlog)
             for epoch in range(setup.start_epoch, cfg.epochs + 1):
                 start_step = setup.start_step if epoch == setup.start_epoch else 0
                 done = epoch_run(epoch, start_step)
