@@ -150,6 +150,18 @@ def test_the_cpu_seeds_budgets_give_every_claim_enough_pairs():
     assert all(c.eval_images == 10000 for c in balanced + unbalanced)
 
 
+def test_the_narrow_cpu_budgets_pair_every_claim_at_one_eighth_width():
+    balanced = load_plan("fmnist-balanced").cells("cpu-seeds-w8")
+    for method in ("isd", "isd-plus", "byol", "moco", "random-init"):
+        assert sorted(c.seed for c in balanced if c.method == method) == [0, 1, 2], method
+    unbalanced = load_plan("fmnist-unbalanced").cells("cpu-seeds-w8")
+    assert sorted((c.method, c.draw) for c in unbalanced) == [(m, d) for m in ("isd", "moco") for d in range(1, 6)]
+    for cell in balanced + unbalanced:
+        cfg = cell.config(Path("runs/x"))
+        assert (cfg.width, cfg.crop_scale, cfg.blur_prob, cfg.eval_every) == (8, (0.5, 1.0), 0.5, 0), cell.name
+        assert cell.eval_images == 0  # the final kNN uses the full bank
+
+
 def test_the_cpu_recipe_study_runs_its_baseline_and_leading_rows_on_three_seeds():
     plan = load_plan(str(ROOT / "benchmarks" / "plans" / "fmnist-cpu-recipe-study.yaml"))
     seeds = defaultdict(list)
@@ -384,6 +396,7 @@ def test_the_demo_ends_with_its_table_its_curve_and_the_committed_gpu_headline(t
     assert f"{report['isd']['20-NN']:6.2f}%" in out  # the table prints what demo.json holds
     assert "kNN during training" in out and str(tmp_path / "curves.png") in out and (tmp_path / "curves.png").is_file()
     assert "What longer runs reach" in out and "budget gpu" in out and "NVIDIA H200" in out
+    assert "budget cpu-long" in out and "held-out validation split" in out  # the CPU length study, too
     committed = [json.loads(p.read_text())["metrics"]["knn20"]
                  for p in (ROOT / "benchmarks/results/experiments/fmnist-balanced-gpu").glob("isd-seed*/result.json")]
     committed_part = out.split("What longer runs reach", 1)[1]  # the demo's own table also has an "ISD" row
