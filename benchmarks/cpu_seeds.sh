@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cpu-seeds grids of issue 19, one training process at a time on a 2-core CPU, in the order that completes
 # the paper's claims soonest: the unbalanced ISD/MoCo-v2 pairs draw by draw, then the balanced methods seed by
-# seed; then both again at 1/8 width (budget cpu-seeds-w8), where a few minutes leave the random start. Every cell is resumable: run it again (in this or a later session) and it skips what is finished and
-# resumes what was stopped. Results land in benchmarks/results/experiments/*-cpu-seeds*; `isd report --readme
+# seed; then both again at 1/8 width (budget cpu-seeds-w8), where a few minutes leave the random start. Every
+# cell is resumable: run it again (in this or a later session) and it skips what is finished and resumes what
+# was stopped. Results land in benchmarks/results/experiments/*-cpu-seeds*; `isd report --readme
 # docs/results.md` then regenerates their tables.
 #   bash benchmarks/cpu_seeds.sh            # everything still missing
 #   bash benchmarks/cpu_seeds.sh balanced   # one of the grids (unbalanced, balanced, balanced-w8, unbalanced-w8)

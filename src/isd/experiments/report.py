@@ -153,8 +153,9 @@ def header(plan: str, budget: str, rows: list[dict]) -> str:
             f"{', '.join(torches)}; commit {', '.join(commits)}.{sharing}")
 
 
-def headline(rows: list[dict], methods: tuple[str, ...] = ("isd", "supervised", "raw-pixels")) -> list[str]:
-    """One line per method: its 1-NN and 20-NN over seeds, for a console summary of committed results."""
+def headline(rows: list[dict], methods: tuple[str, ...]) -> list[str]:
+    """One line per method (in the order given): its 1-NN and 20-NN over seeds, for a console summary of committed
+    results."""
     by_method = _by_method(rows)
     return [f"{display(m):24s} 1-NN {mean_std([c['metrics']['knn1'] for c in by_method[m]]):>14s}   20-NN "
             f"{mean_std([c['metrics']['knn20'] for c in by_method[m]]):>14s}   (n={len(by_method[m])})"
@@ -283,8 +284,8 @@ def curve_table(rows: list[dict]) -> str:
         f"{train_seconds(r['train']) / 60:.1f} · {r['metrics']['knn20']:.2f}" for r in cells) + " |")
     banks = sorted({r["config"].get("eval_max_images", 0) for r in cells})
     bank = " / ".join(f"{b:,} of the" if b else "all the" for b in banks)
-    floors = [f"{display(r['method'])} {r['metrics']['knn20']:.2f}" for r in sorted(rows, key=lambda r: r["method"])
-              if r["floor"]]
+    floors = [f"{display(r['method'])} {r['metrics']['knn20']:.2f}"
+              for r in sorted(rows, key=lambda r: method_order(r["method"])) if r["floor"]]
     queries = "the held-out split" if rows[0]["queries"] == "holdout" else "the test split"
     return "\n".join(lines) + (
         f"\n\nDuring training the kNN bank is {bank} training images and the queries all of {queries}; minutes count "
