@@ -30,14 +30,14 @@ if [[ $which == all || $which == balanced ]]; then
 fi
 if [[ $which == all || $which == balanced-w8 ]]; then
   # the balanced claims at 1/8 width, where four epochs leave the random start (budget cpu-seeds-w8)
-  for seed in 0 1 2; do
+  for seed in 0 1 2 3 4; do
     $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8 \
       --only seed=$seed,method=isd,method=isd-plus,method=byol,method=moco,method=random-init,method=raw-pixels
   done
   $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8
 fi
 if [[ $which == all || $which == unbalanced-w8 ]]; then
-  for draw in 1 2 3 4 5; do
+  for draw in 1 2 3 4 5 6 7 8 9 10; do
     $ISD experiment fmnist-unbalanced --budget cpu-seeds-w8 --device cpu --only draw=$draw \
       --out $OUT/fmnist-unbalanced-cpu-seeds-w8
   done

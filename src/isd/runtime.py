@@ -3,8 +3,10 @@ checksummed file writes, and path checks."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import platform
 import signal
 import tempfile
 from collections.abc import Callable
@@ -27,10 +29,36 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SettingError("{device} cuda asked for, but no CUDA GPU is visible; use {device} cpu (or auto)")
     if name == "cpu" or not torch.cuda.is_available():
+        keep_freed_memory()
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local)
     return torch.device("cuda", local)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc malloc.h)
+_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the memory a CPU step frees and hand it to the next step.
+
+    By default glibc maps each large tensor (activations, gradients) fresh and unmaps it when it is freed, so every
+    step of CPU training faults its pages in again and the kernel zeroes them: about 30,000 page faults a step
+    on the demo's. With no mmap below 1 GiB (32 MiB where glibc refuses more)
+    and no trimming, the second step reuses the first one's pages; the process keeps its peak memory, which a
+    training process reaches every step anyway. Set ISD_KEEP_FREED_MEMORY=0 to leave malloc as it is. Once per
+    process; True when the setting took."""
+    global _memory_kept
+    if _memory_kept is None:
+        _memory_kept = False
+        if (os.environ.get("ISD_KEEP_FREED_MEMORY", "1") != "0" and platform.system() == "Linux"
+                and platform.libc_ver()[0] == "glibc"):
+            libc = ctypes.CDLL("libc.so.6")
+            mmap_set = any(libc.mallopt(_M_MMAP_THRESHOLD, size) == 1 for size in (1 << 30, 32 << 20))
+            # both or neither: a fixed trim threshold alone turns off glibc's own raising of the mmap threshold
+            _memory_kept = mmap_set and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return _memory_kept
 
 
 def init_distributed(device: torch.device) -> tuple[int, int, bool]:
