@@ -37,7 +37,7 @@ if [[ $which == all || $which == balanced-w8 ]]; then
   $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8
 fi
 if [[ $which == all || $which == unbalanced-w8 ]]; then
-  for draw in 1 2 3 4 5 6 7 8 9 10; do
+  for draw in $(seq 1 20); do
     $ISD experiment fmnist-unbalanced --budget cpu-seeds-w8 --device cpu --only draw=$draw \
       --out $OUT/fmnist-unbalanced-cpu-seeds-w8
   done

@@ -23,7 +23,8 @@ from isd.data.splits import capped, common_class_ids, evaluation_sets, holdout_s
 from isd.errors import UsageError
 from isd.experiments.plans import load_plan, select
 from isd.experiments.provenance import provenance
-from isd.experiments.report import chart_names, curve_table, load_results, readme_blocks, report, train_seconds, write_charts
+from isd.experiments.report import (chart_names, curve_table, header, load_results, readme_blocks, report, train_seconds,
+                                   write_charts)
 from isd.experiments.runner import Claim, read_result, run_cells
 from isd.methods import Supervised, method_from_config
 from isd.train.loop import train
@@ -155,7 +156,7 @@ def test_the_narrow_cpu_budgets_pair_every_claim_at_one_eighth_width():
     for method in ("isd", "isd-plus", "byol", "moco", "random-init"):
         assert sorted(c.seed for c in balanced if c.method == method) == [0, 1, 2, 3, 4], method
     unbalanced = load_plan("fmnist-unbalanced").cells("cpu-seeds-w8")
-    assert sorted((c.method, c.draw) for c in unbalanced) == [(m, d) for m in ("isd", "moco") for d in range(1, 11)]
+    assert sorted((c.method, c.draw) for c in unbalanced) == [(m, d) for m in ("isd", "moco") for d in range(1, 21)]
     for cell in balanced + unbalanced:
         cfg = cell.config(Path("runs/x"))
         assert (cfg.width, cfg.crop_scale, cfg.blur_prob, cfg.eval_every) == (8, (0.5, 1.0), 0.5, 0), cell.name
@@ -348,6 +349,14 @@ def test_a_single_seed_rows_training_curve_is_tabled_beside_its_final_score_and_
     assert "5,000 of the training images" in table[-1] and f"raw pixels (floor) {raw['metrics']['knn20']:.2f}" in table[-1]
     assert curve_table([dict(curved, train={**curved["train"], "history": checks[:2]})]) == ""  # too short a curve
     assert curve_table([curved, dict(curved, seed=1)]) == ""  # several seeds of a row: the chart, not a table
+
+
+def test_a_budget_grown_over_sessions_is_described_by_its_newest_cells_note():
+    rows = load_results([str(ROOT / "benchmarks/results/experiments/fmnist-balanced-cpu-seeds")])
+    old = [dict(r, budget_about="3 seeds") for r in rows]
+    newer = dict(rows[-1], budget_about="5 seeds", provenance={**rows[-1]["provenance"], "date": "2099-01-01T00:00:00"})
+    for order in ([*old, newer], [newer, *old]):
+        assert header("fmnist-balanced", "cpu-seeds", order).startswith("**fmnist-balanced**, budget `cpu-seeds` (5 seeds)")
 
 
 def test_a_resumed_cells_train_time_counts_from_its_first_start():

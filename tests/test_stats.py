@@ -42,6 +42,15 @@ def test_verdicts(differences, verdict):
     assert paired(differences).verdict == verdict
 
 
+def test_pairs_to_resolve_is_the_fewest_whose_interval_would_clear_zero_at_this_mean_and_spread():
+    # mean 5/6, sample sd sqrt(19/12) = 1.25831: need t(n-1) / sqrt(n) < 0.66227; n = 11: 2.228 / 3.3166 = 0.6718,
+    # n = 12: 2.201 / 3.4641 = 0.6354
+    assert paired([1.0, 2.0, -0.5]).pairs_to_resolve() == 12
+    assert paired([1.0, 2.0, -0.5]).pairs_to_resolve(most=11) is None
+    assert paired([1.0, 1.2, 0.8, 1.1, 0.9]).pairs_to_resolve() is None  # resolved already
+    assert paired([0.3]).pairs_to_resolve() is None and paired([0.5, -0.5]).pairs_to_resolve() is None
+
+
 def test_one_pair_has_no_interval():
     result = paired([0.3])
     assert result.low is None and result.high is None and result.interval_text() == "–"
@@ -68,6 +77,8 @@ def test_claim_lines_for_balanced_seeds_name_the_verdict_the_mean_and_the_pairs(
     assert lines[0].startswith("ISD ≥ BYOL-asym at 20-NN: holds (ISD − BYOL-asym = +1.00 points, 95% interval [")
     assert lines[0].endswith("3 paired seeds: +1.00, +1.10, +0.90)")
     assert lines[1].startswith("BYOL-asym ≥ MoCo-v2 at 20-NN: not resolved at n = 3 (BYOL-asym − MoCo-v2 = -0.03")
+    # differences -0.1, +0.1, -0.1: sd 0.11547, |mean| 0.0333; t(n-1) / sqrt(n) < 0.28868 first at n = 49
+    assert lines[1].endswith("-0.10, +0.10, -0.10; at this mean and spread about 49 seeds would resolve it)")
     assert lines[2].startswith("ISD ≥ MoCo-v2 at 20-NN: holds")
 
 

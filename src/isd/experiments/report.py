@@ -129,14 +129,17 @@ def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int) -
         a, b = display(claim.better), display(claim.worse)
         verdict = f"**{result.verdict}**" if bold else result.verdict
         spread = f", 95% interval {result.interval_text()}" if result.n > 1 else ""
+        needed = result.pairs_to_resolve()
+        plan = f"; at this mean and spread about {needed} {unit}s would resolve it" if needed else ""
         lines.append(f"{a} ≥ {b} at {claim.label}: {verdict} ({a} − {b} = {result.mean:+.2f} points{spread}; "
                      f"{result.n} paired {unit}{'s' if result.n != 1 else ''}: "
-                     f"{', '.join(f'{d:+.2f}' for d in result.differences)})")
+                     f"{', '.join(f'{d:+.2f}' for d in result.differences)}{plan})")
     return lines
 
 
 def header(plan: str, budget: str, rows: list[dict]) -> str:
-    about = rows[0].get("budget_about", "")
+    # the newest cell's note: a budget grown over sessions (more seeds) describes itself as it now is
+    about = max(rows, key=lambda r: r["provenance"].get("date", "")).get("budget_about", "")
     devices = sorted({r["provenance"]["device"] for r in rows})
     torches = sorted({r["provenance"]["torch"] for r in rows})
     commits = sorted({(r["provenance"]["commit"] or "unknown")[:10] + ("+dirty" if r["provenance"]["dirty"] else "")

@@ -47,6 +47,15 @@ class Paired:
             return "does not hold"
         return f"not resolved at n = {self.n}"
 
+    def pairs_to_resolve(self, most: int = 1000) -> int | None:
+        """For planning only: the fewest pairs whose 95% interval would exclude 0 if the mean difference and its
+        spread stayed as measured (None when resolved already, with one pair, a zero mean or more than `most`)."""
+        if self.n < 2 or self.low is None or self.high is None or not self.low <= 0 <= self.high or self.mean == 0:
+            return None
+        spread = statistics.stdev(self.differences)
+        return next((n for n in range(self.n + 1, most + 1)
+                     if t_quantile_975(n - 1) * spread / math.sqrt(n) < abs(self.mean)), None)
+
     def interval_text(self) -> str:
         if self.low is None or self.high is None:
             return "–"
