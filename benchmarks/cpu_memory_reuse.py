@@ -36,7 +36,8 @@ def one_run(keep: bool, args: argparse.Namespace, out: Path) -> dict:
     print(f"keep_freed_memory={keep}: compute {rows['compute']:.1f} img/s, e2e {rows['e2e']:.1f} img/s, "
           f"{faults} page faults", flush=True)
     return {"keep_freed_memory": keep, "images_per_s": rows, "minor_page_faults": faults,
-            "steps": args.steps + args.warmup + 1, "provenance": {k: v for k, v in result.items() if k != "results"}}
+            # isd bench's steps in this process: the first, the FLOP count's, then warmup + steps per mode
+            "training_steps": 2 + 2 * (args.warmup + args.steps), "provenance": {k: v for k, v in result.items() if k != "results"}}
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def keep_freed_memory() -> bool:
     """Let glibc keep the memory a CPU step frees and hand it to the next step.
 
     By default glibc maps each large tensor (activations, gradients) fresh and unmaps it when it is freed, so every
-    step of CPU training faults its pages in again and the kernel zeroes them: about 30,000 page faults a step
+    step of CPU training faults its pages in again and the kernel zeroes them: about 25,000 page faults a step
     on the demo's. With no mmap below 1 GiB (32 MiB where glibc refuses more)
     and no trimming, the second step reuses the first one's pages; the process keeps its peak memory, which a
     training process reaches every step anyway. Set ISD_KEEP_FREED_MEMORY=0 to leave malloc as it is. Once per
