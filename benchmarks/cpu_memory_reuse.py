@@ -25,10 +25,13 @@ CHILD = ("import resource, sys; from isd.cli.main import main; code = main(sys.a
          "print('minor_faults', resource.getrusage(resource.RUSAGE_SELF).ru_minflt); sys.exit(code)")
 
 
+def bench_args(args: argparse.Namespace) -> list[str]:
+    return [*BENCH, "--steps", str(args.steps), "--warmup", str(args.warmup), "--set", f"amp={args.amp}"]
+
+
 def one_run(keep: bool, args: argparse.Namespace, out: Path) -> dict:
     env = {**os.environ, "ISD_KEEP_FREED_MEMORY": "1" if keep else "0"}
-    cmd = [sys.executable, "-c", CHILD, *BENCH, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--set", f"amp={args.amp}", "--out", str(out)]
+    cmd = [sys.executable, "-c", CHILD, *bench_args(args), "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     faults = int(done.stdout.split("minor_faults")[-1].split()[0])
     result = json.loads(out.read_text())
@@ -37,7 +40,8 @@ def one_run(keep: bool, args: argparse.Namespace, out: Path) -> dict:
           f"{faults} page faults", flush=True)
     return {"keep_freed_memory": keep, "images_per_s": rows, "minor_page_faults": faults,
             # isd bench's steps in this process: the first, the FLOP count's, then warmup + steps per mode
-            "training_steps": 2 + 2 * (args.warmup + args.steps), "provenance": {k: v for k, v in result.items() if k != "results"}}
+            "training_steps": 2 + 2 * (args.warmup + args.steps),
+            "provenance": {k: v for k, v in result.items() if k != "results"}}
 
 
 def main() -> None:
@@ -48,6 +52,8 @@ def main() -> None:
     ap.add_argument("--amp", default="off", help="the step's precision (default off: fp32)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if not args.out.parent.is_dir():
+        ap.error(f"--out {args.out}: folder {args.out.parent} does not exist; create it or pick another path")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -60,8 +66,7 @@ def main() -> None:
             mode: statistics.median(run["images_per_s"][mode] for run in mine) for mode in ("compute", "e2e")} | {
             "minor_page_faults": statistics.median(run["minor_page_faults"] for run in mine)}
     command = " ".join(["python", "benchmarks/cpu_memory_reuse.py", *sys.argv[1:]])
-    summary = {"command": command, "bench": " ".join(["isd", *BENCH, "--steps", str(args.steps), "--warmup",
-                                                       str(args.warmup), "--set", f"amp={args.amp}"]),
+    summary = {"command": command, "bench": " ".join(["isd", *bench_args(args)]),
                "provenance": runs[0]["provenance"], "medians": medians, "runs": runs}
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     gain = medians["kept"]["e2e"] / medians["default"]["e2e"]

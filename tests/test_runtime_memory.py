@@ -33,6 +33,10 @@ def page_faults(keep: str) -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's mallopt")
 def test_a_cpu_run_reuses_freed_pages_and_the_variable_turns_it_off():
     kept, default = page_faults("1"), page_faults("0")
+    if default < 5000:
+        # a kernel that backs large allocations with 2 MiB pages (transparent huge pages "always") faults 8 times
+        # per 16 MiB tensor, at most 1,280 times in 20 steps: too little to count for this comparison
+        pytest.skip(f"only {default} page faults in 20 default steps: large allocations use huge pages here")
     # glibc's default maps and unmaps many of them afresh; kept, the steps after the first reuse its pages
     # (here 36,827 page faults against 4,096 in 20 steps)
     assert kept * 4 < default
