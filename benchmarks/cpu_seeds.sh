@@ -30,7 +30,7 @@ if [[ $which == all || $which == balanced ]]; then
 fi
 if [[ $which == all || $which == balanced-w8 ]]; then
   # the balanced claims at 1/8 width, where four epochs leave the random start (budget cpu-seeds-w8)
-  for seed in 0 1 2 3 4; do
+  for seed in $(seq 0 9); do
     $ISD experiment fmnist-balanced --budget cpu-seeds-w8 --device cpu --out $OUT/fmnist-balanced-cpu-seeds-w8 \
       --only seed=$seed,method=isd,method=isd-plus,method=byol,method=moco,method=random-init,method=raw-pixels
   done

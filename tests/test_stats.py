@@ -123,3 +123,16 @@ def test_the_demo_prints_the_committed_claims_verdicts(capsys):
     assert "ISD ≥ MoCo-v2 at 1-NN on the rare classes:" in out
     print_claims([])
     assert capsys.readouterr().out == ""
+
+
+def test_a_grid_short_of_its_planned_pairs_says_its_verdicts_are_interim():
+    rows = [_row(m, s, v) for m, vals in {"isd": (85.0, 85.2, 85.1), "moco": (84.1, 84.0, 84.3)}.items()
+            for s, v in enumerate(vals)]
+    for row in rows:
+        row["provenance"] = {"date": "2026-01-01"}
+    assert claim_lines(rows, bold=False)[0].startswith("ISD ≥ MoCo-v2 at 20-NN: holds (ISD − MoCo-v2")
+    rows[0].update(planned_pairs=3)  # cells written before the budget fixed an n carry none
+    assert claim_lines(rows, bold=False)[0].startswith("ISD ≥ MoCo-v2 at 20-NN: holds (ISD − MoCo-v2")
+    rows[-1].update(planned_pairs=5, provenance={"date": "2026-02-01"})  # the newest cell's budget speaks
+    (line,) = claim_lines(rows, bold=True)
+    assert line.startswith("ISD ≥ MoCo-v2 at 20-NN: **holds** (interim: 3 of the 5 seeds its budget reads it at; ISD − MoCo-v2 = +0.97 ")

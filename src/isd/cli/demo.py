@@ -19,6 +19,7 @@ from isd.data.sources import find_idx_files, load_source
 from isd.eval.features import Encoded, encode, raw_pixels
 from isd.eval.knn import knn_of
 from isd.eval.monitor import knn_monitor
+from isd.experiments.provenance import provenance
 from isd.experiments.report import claim_lines, headline, load_results, method_order
 from isd.methods import method_from_config
 from isd.train.loop import image_size_and_stem, train
@@ -83,7 +84,8 @@ def run_demo(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - started) / 60
     report = {"recipe": recipe, "device": str(device), "minutes": round(minutes, 2), "floors": floors,
               "isd": trained, "above_both_floors": all(trained[k] > max(f[k] for f in floors.values())
-                                                       for k in ("1-NN", "20-NN"))}
+                                                       for k in ("1-NN", "20-NN")),
+              "provenance": provenance(device), "config": cfg.to_dict()}
     Path(cfg.run_dir, "demo.json").write_text(json.dumps(report, indent=1))
     print_table(report)
     print_curve(Path(cfg.run_dir))
@@ -128,7 +130,8 @@ def print_claims(folders: list[Path]) -> None:
         return
     print("\nThe paper's claims on the committed experiments (paired by seed or draw, 95% t interval):")
     for folder, rows in groups:
-        print(f"  {folder.name} (budget {rows[0]['budget']}; {rows[0]['provenance']['device']}):")
+        devices = "; ".join(sorted({r["provenance"]["device"] for r in rows}))
+        print(f"  {folder.name} (budget {rows[0]['budget']}; {devices}):")
         for line in claim_lines(rows, bold=False):
             print("    " + line)
 

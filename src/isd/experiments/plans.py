@@ -86,6 +86,13 @@ class Plan:
                                plan_name=self.name, name=name, names=", ".join(self.budgets))
         return self.budgets[name]
 
+    def planned_pairs(self, budget: str) -> int:
+        """How many seeds (or draws, on unbalanced plans) the budget's claims are read at: a grid run in stages
+        over sessions reports its verdicts before that as interim."""
+        spec = self.budget(budget)
+        draws = spec.get("draws", self.draws)
+        return len(draws) if draws else len(spec.get("seeds", self.seeds))
+
     def cells(self, budget: str) -> list[Cell]:
         """Every cell of the grid at `budget`, seeds outermost: a partial run fills whole seeds first."""
         spec = self.budget(budget)

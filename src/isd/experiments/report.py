@@ -101,7 +101,13 @@ def claim_lines(rows: list[dict], bold: bool = True) -> list[str]:
     the paired mean difference and its 95% interval (`isd.experiments.stats`)."""
     unbalanced = any(r.get("rare_classes") for r in rows)
     claims = UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS
-    return _verdicts(rows, claims, "draw" if unbalanced else "seed", bold, min_pairs=1)
+    return _verdicts(rows, claims, "draw" if unbalanced else "seed", bold, min_pairs=1, planned=planned_pairs(rows))
+
+
+def planned_pairs(rows: list[dict]) -> int | None:
+    """The n the newest cell's budget reads its verdicts at (None for cells written before budgets said so)."""
+    dated = [r for r in rows if r.get("planned_pairs")]
+    return max(dated, key=lambda r: r["provenance"].get("date", ""))["planned_pairs"] if dated else None
 
 
 def baseline_of(rows: list[dict]) -> str | None:
@@ -120,7 +126,8 @@ def baseline_lines(rows: list[dict], bold: bool = True) -> list[str]:
     return _verdicts(rows, [PaperClaim(m, baseline, "knn20", "20-NN") for m in others], "seed", bold, min_pairs=2)
 
 
-def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int) -> list[str]:
+def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int,
+              planned: int | None = None) -> list[str]:
     lines = []
     for claim in claims:
         result = pair_up(rows, claim, metric_value)
@@ -128,10 +135,13 @@ def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int) -
             continue
         a, b = display(claim.better), display(claim.worse)
         verdict = f"**{result.verdict}**" if bold else result.verdict
+        # a grid run in stages: a verdict read before its fixed n, and acted on, would be biased
+        interim = f"interim: {result.n} of the {planned} {unit}s its budget reads it at; " if (
+            planned and result.n < planned) else ""
         spread = f", 95% interval {result.interval_text()}" if result.n > 1 else ""
         needed = result.pairs_to_resolve()
         plan = f"; at this mean and spread about {needed} {unit}s would resolve it" if needed else ""
-        lines.append(f"{a} ≥ {b} at {claim.label}: {verdict} ({a} − {b} = {result.mean:+.2f} points{spread}; "
+        lines.append(f"{a} ≥ {b} at {claim.label}: {verdict} ({interim}{a} − {b} = {result.mean:+.2f} points{spread}; "
                      f"{result.n} paired {unit}{'s' if result.n != 1 else ''}: "
                      f"{', '.join(f'{d:+.2f}' for d in result.differences)}{plan})")
     return lines

@@ -142,6 +142,7 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
     common = common_class_ids(len(bank.classes), cfg.common_classes, cfg.draw) if cfg.common_classes else []
     result = {
         "plan": plan.name, "budget": cell.budget, "budget_about": plan.budget(cell.budget).get("about", ""),
+        "planned_pairs": plan.planned_pairs(cell.budget),
         "cell": cell.name, "method": cell.method, "trained_method": None if cell.floor else cfg.method,
         "floor": cell.floor, "baseline": plan.baseline, "seed": cell.seed, "draw": cell.draw, "queries": plan.queries,
         "classes": bank.classes, "common_classes": common,
