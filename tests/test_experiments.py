@@ -157,6 +157,9 @@ def test_the_narrow_cpu_budgets_pair_every_claim_at_one_eighth_width():
         assert sorted(c.seed for c in balanced if c.method == method) == list(range(10)), method
     unbalanced = load_plan("fmnist-unbalanced").cells("cpu-seeds-w8")
     assert sorted((c.method, c.draw) for c in unbalanced) == [(m, d) for m in ("isd", "moco") for d in range(1, 21)]
+    # the n each budget's verdicts are read at (interim before it): seeds on balanced data, draws on unbalanced
+    assert load_plan("fmnist-balanced").planned_pairs("cpu-seeds-w8") == 10
+    assert load_plan("fmnist-unbalanced").planned_pairs("cpu-seeds-w8") == 20
     for cell in balanced + unbalanced:
         cfg = cell.config(Path("runs/x"))
         assert (cfg.width, cfg.crop_scale, cfg.blur_prob, cfg.eval_every) == (8, (0.5, 1.0), 0.5, 0), cell.name
