@@ -106,8 +106,13 @@ def claim_lines(rows: list[dict], bold: bool = True) -> list[str]:
 
 def planned_pairs(rows: list[dict]) -> int | None:
     """The n the newest cell's budget reads its verdicts at (None for cells written before budgets said so)."""
-    dated = [r for r in rows if r.get("planned_pairs")]
-    return max(dated, key=lambda r: r["provenance"].get("date", ""))["planned_pairs"] if dated else None
+    recorded = [r for r in rows if r.get("planned_pairs")]
+    return newest(recorded)["planned_pairs"] if recorded else None
+
+
+def newest(rows: list[dict]) -> dict:
+    """The cell written last: a budget grown over sessions (more seeds) describes itself as it now is."""
+    return max(rows, key=lambda r: r["provenance"].get("date", ""))
 
 
 def baseline_of(rows: list[dict]) -> str | None:
@@ -148,8 +153,7 @@ def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int,
 
 
 def header(plan: str, budget: str, rows: list[dict]) -> str:
-    # the newest cell's note: a budget grown over sessions (more seeds) describes itself as it now is
-    about = max(rows, key=lambda r: r["provenance"].get("date", "")).get("budget_about", "")
+    about = newest(rows).get("budget_about", "")
     devices = sorted({r["provenance"]["device"] for r in rows})
     torches = sorted({r["provenance"]["torch"] for r in rows})
     commits = sorted({(r["provenance"]["commit"] or "unknown")[:10] + ("+dirty" if r["provenance"]["dirty"] else "")
