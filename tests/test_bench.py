@@ -60,6 +60,7 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     table = capsys.readouterr().out
     e2e = next(r for r in row["rows"] if r["mode"] == "e2e")
     assert row["pipeline"] == "workers" and row["compile"] == "off" and row["first_step_seconds"] > 0  # CPU: auto
+    assert row["stem"] == "small"  # auto below 64 px, so the table does not name it
     assert f"| isd | resnet18 (width 8) | 32 | 8 | fp32 | workers | off | e2e | {e2e['images_per_s']:,.1f} |" in table
     assert result["device"] in table and torch.__version__ in table
 
@@ -73,6 +74,14 @@ def test_vary_adds_a_dimension_per_key(tmp_path, capsys):
     assert got == [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
     assert main(["bench", "--vary", "amp", "--device", "cpu"]) == 2
     assert "--vary expects KEY=V1,V2" in capsys.readouterr().err
+
+
+def test_a_net_with_an_unusual_stem_for_its_image_size_says_so_in_the_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(tiny_bench(out, "--modes", "compute", "--set", "stem=imagenet", steps=1, warmup=0, images=16)) == 0
+    assert json.loads(out.read_text())["results"][0]["stem"] == "imagenet"
+    assert main(["report", str(out)]) == 0
+    assert "| isd | resnet18 (width 8, imagenet stem) | 32 | 8 |" in capsys.readouterr().out
 
 
 def test_bench_measures_the_device_pipeline_of_a_folder(tmp_path, capsys):

@@ -40,11 +40,21 @@ def _machine(data: dict) -> str:
     return f"Machine: {data['device']}; torch {data['torch']}; commit {commit}; `{data['command']}`."
 
 
+def _net_details(cfg: dict) -> str:
+    """What sets this net apart from the ResNet its name and image size imply: a narrower width, an unusual stem
+    (recorded since the CPU demo's net moved to the 7x7 stem on 28 px)."""
+    usual_stem = "small" if cfg["image_size"] < 64 else "imagenet"
+    details = [f"width {cfg['width']}"] if cfg.get("width", 64) != 64 else []
+    if cfg.get("stem", usual_stem) != usual_stem:
+        details.append(f"{cfg['stem']} stem")
+    return f" ({', '.join(details)})" if details else ""
+
+
 def _bench(data: dict) -> str:
     lines = ["| method | arch | size | batch | precision | views made by | compile | mode | images/s | TFLOP/s | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for cfg in data["results"]:
-        arch = cfg["arch"] + (f" (width {cfg['width']})" if cfg.get("width", 64) != 64 else "")
+        arch = cfg["arch"] + _net_details(cfg)
         precision = cfg["precision"] + (" + channels_last" if cfg.get("channels_last") else "")
         compiled = cfg.get("compile", "off")
         if compiled != "off":

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from isd.config import Config
 from isd.data.batches import Batch, batches_of
-from isd.train.loop import EpochRunner, build, use_bf16
+from isd.train.loop import EpochRunner, build, image_size_and_stem, use_bf16
 from isd.train.runlog import RunLog
 
 MODES = ("compute", "data", "e2e")
@@ -124,7 +124,8 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
                 entry["tflops"] = round(achieved / 1e12, 2)
                 entry["mfu"] = round(achieved / peak, 4) if peak else None
             out.append(entry)
-        return {"method": cfg.method, "arch": cfg.arch, "width": cfg.width, "image_size": setup.size,
+        return {"method": cfg.method, "arch": cfg.arch, "width": cfg.width,
+                "stem": image_size_and_stem(cfg, setup.source)[1], "image_size": setup.size,
                 "batch": cfg.batch_size, "data": setup.source.name, "precision": "bf16" if bf16 else "fp32",
                 "channels_last": runner.memory_format == torch.channels_last, "compile": cfg.compile,
                 "pipeline": loader.pipeline,
