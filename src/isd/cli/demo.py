@@ -89,8 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
     Path(cfg.run_dir, "demo.json").write_text(json.dumps(report, indent=1))
     print_table(report)
     print_curve(Path(cfg.run_dir))
-    print_committed(CHOSEN_ON_CPU, f"How {CPU_RECIPE}'s net was chosen (w32-stem7-8ep; row demo: its 1/4-width net "
-                                   "before)")
+    print_committed(CHOSEN_ON_CPU, f"How {CPU_RECIPE}'s net was chosen, row w32-stem7-8ep (row demo: the 1/4-width "
+                                   "net it had before)")
     print_committed(COMMITTED, "What longer runs reach")
     print_claims(CLAIMS)
     return 0
@@ -145,6 +145,6 @@ def print_table(report: dict) -> None:
     if report["above_both_floors"]:
         print("ISD's encoder is above both floors.")
     else:
-        print("ISD's encoder did NOT beat both floors in this budget. What longer runs reach, on 2 CPU cores and "
-              "on a GPU, is below (`isd train --recipe isd-r18-fmnist`, or `make demo` on a GPU, runs the "
-              "full-length recipe).")
+        print("ISD's encoder did NOT beat both floors in this budget. How this recipe compares on 2 CPU cores, and "
+              "what longer runs reach on a GPU, is below (`isd train --recipe isd-r18-fmnist`, or `make demo` on a "
+              "GPU, runs the full-length recipe).")
