@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from isd.errors import UsageError
+from isd.nets.backbones import auto_stem
 
 
 def is_speed_file(path: str) -> bool:
@@ -43,7 +44,7 @@ def _machine(data: dict) -> str:
 def _net_details(cfg: dict) -> str:
     """What sets this net apart from the ResNet its name and image size imply: a narrower width, an unusual stem
     (recorded since the CPU demo's net moved to the 7x7 stem on 28 px)."""
-    usual_stem = "small" if cfg["image_size"] < 64 else "imagenet"
+    usual_stem = auto_stem(cfg["image_size"])
     details = [f"width {cfg['width']}"] if cfg.get("width", 64) != 64 else []
     if cfg.get("stem", usual_stem) != usual_stem:
         details.append(f"{cfg['stem']} stem")

@@ -41,6 +41,11 @@ def build_backbone(arch: str = "resnet18", stem: str = "imagenet", width: int = 
     return net
 
 
+def auto_stem(image_size: int) -> str:
+    """The stem `stem: auto` picks: the small one below 64 px, where the ImageNet stem leaves tiny maps."""
+    return "small" if image_size < 64 else "imagenet"
+
+
 def _check_backbone_arguments(arch: object, stem: object, width: object, in_channels: object) -> None:
     """One-line errors (ValueError / TypeError) for what build_backbone cannot build."""
     if arch not in _CONSTRUCTORS:

@@ -21,6 +21,7 @@ from isd.data.sources import Source, load_source
 from isd.data.splits import training_images
 from isd.errors import Preempted, SettingError
 from isd.methods import Method, method_from_config
+from isd.nets.backbones import auto_stem
 from isd.runtime import init_distributed, leave_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
@@ -60,7 +61,7 @@ def prepare_run_dir(path: str) -> Path:
 
 def image_size_and_stem(cfg: Config, source: Source) -> tuple[int, str]:
     size = cfg.image_size or source.native_size or 224
-    stem = cfg.stem if cfg.stem != "auto" else ("small" if size < 64 else "imagenet")
+    stem = cfg.stem if cfg.stem != "auto" else auto_stem(size)
     return size, stem
 
 
