@@ -40,7 +40,10 @@ class Config:
     common_classes: int = 0  # unbalanced data: this many classes keep all images (0 = balanced) ...
     rare_per_class: int = 500  # ... the others keep this many
     draw: int = 1  # which classes are common and which images the rare ones keep
+    imbalance_ratio: float = 0.0  # long-tailed data: class c keeps n_max * ratio**(-c/(C-1)) images (0 = off)
     max_train_images: int = 0  # train on a fixed seeded subset of N images (0 = all)
+    in_memory: str = "auto"  # folders of small images decoded once into memory: auto | on | off (isd.data.memory)
+    download: bool = False  # CIFAR: fetch torchvision's copy into `data` when it is not there
     num_workers: int = 8
     data_pipeline: str = "auto"  # image files: auto (device on a GPU) | workers (PIL per image) | device (batched)
     # optimisation
@@ -260,7 +263,8 @@ RANGES = {
     "print_freq": Range(1), "ckpt_every_steps": Range(0, note="0 = epoch ends only"), "keep_checkpoints": Range(1),
     "eval_every": Range(0, note="0 = never"), "eval_max_images": Range(0, note="0 = all"), "blur_prob": Range(0, 1),
     "holdout": Range(0, note="0 = off"), "common_classes": Range(0, note="0 = off"),
-    "max_train_images": Range(0, note="0 = off"), "rare_per_class": Range(1), "max_bad_fraction": Range(0, 1),
+    "max_train_images": Range(0, note="0 = off"), "rare_per_class": Range(1),
+    "imbalance_ratio": Range(0, 10**6, note="0 = off; CIFAR-10-LT uses 100"), "max_bad_fraction": Range(0, 1),
     "queue_size": Range(0, 2**24, note="the paper's is 128000"),
 }
 
@@ -294,6 +298,12 @@ def validate(cfg: Config) -> None:
             raise SettingError("{queue_size} {queue} must be a multiple of the global {batch_size} {batch} "
                                "(e.g. {queue_size} {fit})", queue=cfg.queue_size, batch=cfg.batch_size,
                                fit=max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size)
+    if 0 < cfg.imbalance_ratio < 1:
+        raise SettingError("{imbalance_ratio} is the largest class's size over the smallest's: 0 (off) or >= 1, "
+                           "got {got}", got=cfg.imbalance_ratio)
+    if cfg.imbalance_ratio and cfg.common_classes:
+        raise SettingError("{imbalance_ratio} (a long tail) and {common_classes} (common and rare classes) are two "
+                           "ways of unbalancing the data: set one of them")
     if not (len(cfg.crop_scale) == 2 and 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1):
         raise SettingError("{crop_scale} must be two numbers 0 < lo <= hi <= 1, got {got}", got=cfg.crop_scale)
     _check_paths(cfg)
@@ -302,7 +312,7 @@ def validate(cfg: Config) -> None:
 def _check_choices(cfg: Config) -> None:
     choices = {"method": METHODS, "arch": ARCHS, "dataset": DATASETS, "stem": ("auto", "imagenet", "small"),
                "schedule": ("step", "cos"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "off"),
-               "data_pipeline": ("auto", "workers", "device"),
+               "data_pipeline": ("auto", "workers", "device"), "in_memory": ("auto", "on", "off"),
                "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip"),
                "compile": COMPILE_MODES}
     for name, allowed in choices.items():

@@ -28,13 +28,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's training size, else "
                    "224 for folders and the native size of built-in sets)")
     p.add_argument("--out", help="folder for results and cached features (default: the checkpoint's folder)")
+    p.add_argument("--download", action="store_true", default=None, help="CIFAR: fetch torchvision's copy into "
+                   "DATA when DATA holds neither its batch files nor train/ and test/ class folders")
     add_trust_flag(p)
 
 
 def add_knn_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("-k", "--k", type=int, nargs="+", default=[1, 20], help="neighbour counts (default 1 20)")
-    p.add_argument("--weighted", action="store_true", help="also weighted kNN (k=200, T=0.07)")
+    p.add_argument("--weighted", action="store_true", help="also weighted kNN: k=200, each neighbour's vote "
+                   "exp(similarity / T)")
+    p.add_argument("--temperature", type=float, default=0.07, help="T of --weighted (default 0.07, InstDisc's; "
+                   "the CIFAR-10 benchmarks of MoCo's and lightly's code use 0.1)")
     p.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="exact search backend")
 
 

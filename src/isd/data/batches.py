@@ -78,7 +78,8 @@ class Batches(Protocol):
         ...
 
     def pixels(self) -> tuple[Tensor, Tensor]:
-        """(raw pixels in [0, 1], flattened; labels): the raw-pixel floor."""
+        """(raw pixels standardised per channel by the set's mean and std, flattened; labels): the raw-pixel
+        floor (kNN then L2-normalises them, as it does features)."""
         ...
 
 
@@ -164,7 +165,11 @@ class MemoryBatches:
         return self.images[indices]
 
     def pixels(self) -> tuple[Tensor, Tensor]:
-        return self.images.flatten(1).float() / 255.0, self.source.targets
+        # standardised, not 0-1: centring the pixels makes cosine neighbours compare contrast rather than brightness
+        # (CIFAR-10 20-NN 43.5 against 36.1; Fashion-MNIST 85.3 against 84.4), the stronger floor
+        mean = torch.tensor(self.source.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.source.std).view(1, -1, 1, 1)
+        return ((self.images.float() / 255.0 - mean) / std).flatten(1), self.source.targets
 
 
 class TensorLoader:

@@ -1,7 +1,7 @@
 """Where images come from: ImageFolder trees (ImageNet, imagenet100, subset lists) and in-memory sets.
 
 A source is either a list of files (decoded per image in DataLoader workers) or a uint8 tensor
-held in memory (28-32 px sets, augmented a whole batch at a time).
+held in memory (28-32 px sets, and folders of small images: `isd.data.memory`, augmented a whole batch at a time).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import copy
 import gzip
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
+from isd.data import memory
 from isd.errors import SettingError, UsageError
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Source:
     native_size: int | None  # None: variable-size files
     files: list[str] = field(default_factory=list)  # file sources
     images: torch.Tensor | None = None  # uint8 [N, C, H, W] for in-memory sources
+    bad_files: list[str] = field(default_factory=list)  # files left out of `images`: unreadable
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -80,13 +83,45 @@ class Source:
         return picked
 
 
-def load_source(dataset: str, data: str, split: str = "train", subset_file: str | None = None) -> Source:
-    """`split` is train or val (val = a built-in set's test split)."""
+def load_source(dataset: str, data: str, split: str = "train", subset_file: str | None = None, *,
+                in_memory: str = "auto", download: bool = False) -> Source:
+    """`split` is train or val (val = a built-in set's test split; a folder's val/, else its test/). `in_memory`:
+    whether a folder of small images is decoded into memory (`isd.data.memory`); `download`: fetch CIFAR with
+    torchvision when DATA does not hold it."""
     if dataset in IDX_SETS:
         return idx_set(dataset, data, split)
     if dataset in ("cifar10", "cifar100"):
-        return cifar(dataset, data, split)
-    return image_folder(Path(data) / split, imagenet100=dataset == "imagenet100", subset_file=subset_file)
+        return cifar(dataset, data, split, download)
+    files = image_folder(split_folder(Path(data), split), imagenet100=dataset == "imagenet100",
+                         subset_file=subset_file)
+    return held_in_memory(files, in_memory)
+
+
+def split_folder(data: Path, split: str) -> Path:
+    """DATA/train, or DATA/val for evaluation (DATA/test where there is no val/: CIFAR's layout)."""
+    if split == "val" and not (data / "val").is_dir() and (data / "test").is_dir():
+        return data / "test"
+    return data / split
+
+
+def held_in_memory(source: Source, mode: str, mean: tuple[float, ...] | None = None,
+                   std: tuple[float, ...] | None = None) -> Source:
+    """A file source as one decoded uint8 tensor, when `mode` (in_memory) says so and its images allow it."""
+    side = memory.worth_holding(source.files, mode)
+    if side is None:
+        return source
+    root = Path(source.name)
+    try:
+        decoded = memory.decoded_folder(root, source.files, memory.decode_workers(), mode)
+    except memory.OtherSize as err:  # `auto` only: this folder is for the file pipelines after all
+        log.warning("%s is %dx%d, not %dx%d like the other images of %s: its images stay files (decoded per "
+                    "image)", err.path, *err.size, *err.expected, root)
+        return source
+    kept = source.take(decoded.kept)
+    kept.images, kept.files, kept.bad_files = decoded.images, [], decoded.bad_files
+    kept.native_size = decoded.images.shape[-1]
+    kept.mean, kept.std = mean or source.mean, std or source.std
+    return kept
 
 
 def image_folder(root: Path, imagenet100: bool = False, subset_file: str | None = None) -> Source:
@@ -229,14 +264,93 @@ def _download_idx_set(dataset: str, data: str) -> Path:
     return root / spec.torchvision_class.__name__ / "raw"
 
 
-def cifar(name: str, data: str, split: str) -> Source:
-    cls = CIFAR10 if name == "cifar10" else CIFAR100
-    root = data or str(Path.home() / ".cache" / "isd")
-    try:
-        ds = cls(root, train=split == "train", download=False)
-    except RuntimeError:
-        raise UsageError(f"{name} not found under {root}: it needs torchvision's layout "
-                         f"(e.g. {root}/cifar-10-batches-py); download it with torchvision first") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+CIFAR_BATCHES = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+# torchvision's file names: (train files, test file, meta file, label key, class-name key)
+CIFAR_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "labels",
+                           "label_names"),
+               "cifar100": (["train"], "test", "meta", "fine_labels", "fine_label_names")}
+
+
+def cifar(name: str, data: str, split: str, download: bool = False) -> Source:
+    """CIFAR-10/100 from torchvision's batch files (`DATA/cifar-10-batches-py`), or from a folder in CIFAR's
+    layout (`DATA/train/<class>/<image>` and `DATA/test/` or `DATA/val/`, e.g. the PNG/JPEG exports), held in
+    memory either way; `download` fetches torchvision's copy into DATA when it holds neither."""
+    root = Path(data) if data else memory.cache_dir()
+    if root.name == CIFAR_BATCHES[name]:  # DATA named the batch folder itself
+        root = root.parent
     mean, std = SMALL_SETS[name]
-    return Source(name, list(ds.classes), torch.tensor(ds.targets), mean, std, native_size=32, images=images)
+    batches = root / CIFAR_BATCHES[name]
+    if not batches.is_dir() and (root / "train").is_dir():
+        files = image_folder(split_folder(root, split))
+        source = held_in_memory(files, "on", mean, std)
+        source.name = f"{name} ({split_folder(root, split)})"
+        return source
+    if download and not batches.is_dir():
+        _download_cifar(name, root)
+    if not batches.is_dir():
+        raise UsageError(f"{name} not found in {root}: give DATA as the folder holding torchvision's "
+                         f"{CIFAR_BATCHES[name]}, or a folder with train/<class>/<image> and test/<class>/<image>; "
+                         f"or add --download to fetch it (needs internet)")
+    images, targets, classes = read_cifar_batches(batches, name, split)
+    return Source(name, classes, targets, mean, std, native_size=32, images=images)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The batch files are pickles: only the numpy array and dtype rebuilders they need may be called (any other
+    global, which a crafted file could use to run code, is refused)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArraysOnly(fh, encoding="latin1").load()
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing: torchvision's {path.parent.name} folder has "
+                         f"{', '.join(sorted(p.name for p in path.parent.iterdir()))[:200]}; download it again "
+                         f"(--download into an empty folder)") from None
+    except Exception as err:  # truncated, not a pickle, a refused global
+        raise UsageError(f"{path} is not a CIFAR batch file ({type(err).__name__}: {err})") from None
+    if not isinstance(batch, dict):
+        raise UsageError(f"{path} is not a CIFAR batch file (a pickled {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def read_cifar_batches(folder: Path, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(uint8 [N, 3, 32, 32], labels, class names) of torchvision's CIFAR batch files."""
+    train_files, test_file, meta_file, label_key, names_key = CIFAR_FILES[name]
+    images, labels = [], []
+    for file in train_files if split == "train" else [test_file]:
+        batch = _read_batch(folder / file)
+        try:
+            pixels = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            targets = np.asarray(batch[label_key], dtype=np.int64)
+        except (KeyError, ValueError) as err:
+            raise UsageError(f"{folder / file}: no {err} of 32x32 RGB images and labels in it") from None
+        if len(pixels) != len(targets):
+            raise UsageError(f"{folder / file}: {len(pixels)} images but {len(targets)} labels")
+        images.append(pixels)
+        labels.append(targets)
+    classes = [str(c) for c in _read_batch(folder / meta_file).get(names_key, [])]
+    found = np.concatenate(labels)
+    if len(found) and not 0 <= found.min() <= found.max() < len(classes):
+        raise UsageError(f"{folder}: labels run to {found.max()} but {meta_file} names {len(classes)} classes")
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(found), classes
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # no network, proxy, disk...
+        raise UsageError(f"{name}: the download into {root} failed ({type(err).__name__}); without internet, put "
+                         f"torchvision's {CIFAR_BATCHES[name]} folder (or train/ and test/ class folders) in {root} "
+                         f"and pass it as DATA") from None

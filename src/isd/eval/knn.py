@@ -115,12 +115,14 @@ def knn_evaluate(
     temperature: float = 0.07,
     block: int = 2048,
     backend: str = "torch",
+    more_temperatures: tuple[float, ...] = (),
 ) -> dict:
     """kNN accuracy (%) of `test_feats` against `train_feats`; features are L2-normalised here.
 
     One neighbour search with k = max(ks, weighted_k) serves every k. Returns a JSON-ready dict with
     "top1" (majority vote accuracy per k), "per_class" (accuracy per class per k; None for a class
-    absent from the test set), optionally "weighted", sizes and the search time in seconds.
+    absent from the test set), optionally "weighted" (and "weighted_at", the accuracy at each of
+    `more_temperatures`, from the same neighbours), sizes and the search time in seconds.
     """
     train = F.normalize(train_feats.float(), dim=1)
     test = F.normalize(test_feats.float().to(train.device), dim=1)
@@ -148,13 +150,17 @@ def knn_evaluate(
         pred = weighted_knn(sims[:, :weighted_k], neighbour_labels[:, :weighted_k], num_classes, temperature)
         acc = 100.0 * (pred == test_labels).double().mean().item()
         result["weighted"] = {"k": weighted_k, "T": temperature, "acc": acc}
+        result["weighted_at"] = {}
+        for t in more_temperatures:
+            pred = weighted_knn(sims[:, :weighted_k], neighbour_labels[:, :weighted_k], num_classes, t)
+            result["weighted_at"][t] = 100.0 * (pred == test_labels).double().mean().item()
     result.update(num_train=train.shape[0], num_test=test.shape[0], dim=train.shape[1],
                   search_seconds=search_seconds)
     return result
 
 
 def knn_of(encoded: Encoded, num_classes: int, ks: tuple[int, ...] = (1, 20), weighted_k: int | None = None,
-           temperature: float = 0.07, backend: str = "torch") -> dict:
+           temperature: float = 0.07, backend: str = "torch", more_temperatures: tuple[float, ...] = ()) -> dict:
     """`knn_evaluate` of the queries against the bank, every k clamped to the bank's size (a tiny bank: 20-NN
     becomes all-NN); `result["at"][k]` is the top-1 accuracy for each requested k."""
     n = len(encoded.bank_y)
@@ -162,6 +168,6 @@ def knn_of(encoded: Encoded, num_classes: int, ks: tuple[int, ...] = (1, 20), we
     result = knn_evaluate(encoded.bank_x, encoded.bank_y, encoded.query_x, encoded.query_y,
                           ks=tuple(sorted(set(usable.values()))), num_classes=num_classes,
                           weighted_k=min(weighted_k, n) if weighted_k else None, temperature=temperature,
-                          backend=backend)
+                          backend=backend, more_temperatures=more_temperatures)
     result["at"] = {k: result["top1"][str(usable[k])] for k in ks}
     return result

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from isd.checkpoint import atomic_save, load_backbone
 from isd.config import ARCHS, DATASETS, RANGES, Range, check_range
 from isd.data.sources import Source, load_source
+from isd.data.splits import every_image_readable
 from isd.errors import CheckpointWriteError, SettingError, UsageError
 from isd.eval.features import Encoded, extract_features
 from isd.eval.knn import knn_of
@@ -28,7 +29,8 @@ from isd.runtime import path_problem, resolve_device
 CACHE_VERSION = 1
 ENCODERS = ("student", "teacher")
 # beside the ranges shared with training (config.RANGES: epochs, lr, seed, num_workers, image_size)
-EVAL_RANGES = {"batch_size": Range(1, 65536), "k": Range(1, 2**31, open_high=True, note="e.g. 1 20"),
+EVAL_RANGES = {"batch_size": Range(1, 65536), "temperature": Range(1e-3, note="0.07 (InstDisc) or 0.1"),
+               "k": Range(1, 2**31, open_high=True, note="e.g. 1 20"),
                "epochs": Range(1, 2**31, open_high=True), "label_fraction": Range(0, 1, open_low=True),
                "lr_schedule": Range(1, 2**31, open_high=True, note="comma-separated epochs, e.g. 15,30,40")}
 
@@ -48,8 +50,10 @@ class Evaluation:
     image_size: int | None = None
     out: str | None = None
     trust_checkpoint_code: bool = False
+    download: bool = False
     k: tuple[int, ...] = (1, 20)
     weighted: bool = False
+    temperature: float = 0.07
     backend: str = "torch"
     epochs: int = 40
     lr: float = 0.01
@@ -69,7 +73,7 @@ class Evaluation:
 def validate(ev: Evaluation, probe: bool = False) -> None:
     """Every check of the values themselves, before the checkpoint or any image is read."""
     ranges = {**RANGES, **EVAL_RANGES}
-    for key in ("batch_size", "num_workers", "image_size", "k"):
+    for key in ("batch_size", "num_workers", "image_size", "k", "temperature"):
         check_range(key, getattr(ev, key), ranges[key])
     if probe:
         for key in ("epochs", "lr", "label_fraction", "seed"):
@@ -133,8 +137,8 @@ def prepare(ev: Evaluation) -> EvalContext:
         raise SettingError("no data folder given: pass {data} (a folder with train/ and val/ inside)")
     device = resolve_device(ev.device)
     net, info = load_backbone(ev.ckpt, ev.encoder, ev.arch, ev.trust_checkpoint_code)
-    train = load_source(ev.dataset, ev.data, "train")
-    val = load_source(ev.dataset, ev.data, "val")
+    train = every_image_readable(load_source(ev.dataset, ev.data, "train", download=ev.download))
+    val = every_image_readable(load_source(ev.dataset, ev.data, "val", download=ev.download))
     check_splits(train, val)
     if train.channels != info["in_channels"]:
         raise SettingError("checkpoint {path} expects {need}-channel images, but {name} has {has} channels; evaluate "
@@ -210,7 +214,8 @@ def knn_report(ev: Evaluation, on_result: Callable[[dict], None] | None = None) 
     if max(ev.k) > n:
         warn(f"k > {n} train images: clamped to {n}")
     result = knn_of(Encoded(train_x, train_y, val_x, val_y), len(ctx.train.classes), ks=tuple(ev.k),
-                    weighted_k=200 if ev.weighted else None, backend=ev.backend)
+                    weighted_k=200 if ev.weighted else None, temperature=ev.temperature,
+                    backend=ev.backend)
     report = {
         **common_report(ev, ctx), "top1": result["top1"],
         "per_class": {k: dict(zip(ctx.val.classes, accs)) for k, accs in result["per_class"].items()},

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from isd.data.splits import common_class_ids, evaluation_sets
+from isd.data.splits import common_class_ids, evaluation_sets, head_classes
 from isd.errors import UsageError
 from isd.eval.features import Encoded, capped_sets, encode, raw_pixels
 from isd.eval.monitor import knn_monitor
@@ -102,7 +102,7 @@ def run_cells(plan: Plan, cells: list[Cell], exp_dir: Path, data: str = "", devi
         finally:
             claim.release()
         m = result["metrics"]
-        say(f"{cell.name}: 1-NN {m['knn1']:.2f}  20-NN {m['knn20']:.2f}  weighted {m['knn_weighted']:.2f}  "
+        say(f"{cell.name}: 1-NN {m['knn1']:.2f}  20-NN {m['knn20']:.2f}  weighted 200-NN {m['knn200']:.2f}  "
             f"linear {m['linear']:.2f}  ({result['seconds']:.0f} s)")
         done.append(result)
     return done
@@ -139,7 +139,8 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
         encoded = encode(net, bank, queries, size, device, cfg.num_workers)
     encoded.bank_x = encoded.bank_x.to(device)  # metrics run where the bank is
     scores = metrics(encoded, len(bank.classes), seed=cfg.seed)
-    common = common_class_ids(len(bank.classes), cfg.common_classes, cfg.draw) if cfg.common_classes else []
+    common = (common_class_ids(len(bank.classes), cfg.common_classes, cfg.draw) if cfg.common_classes else
+              head_classes(len(bank.classes), cfg.imbalance_ratio) if cfg.imbalance_ratio else [])
     result = {
         "plan": plan.name, "budget": cell.budget, "budget_about": plan.budget(cell.budget).get("about", ""),
         "planned_pairs": plan.planned_pairs(cell.budget),
@@ -150,6 +151,9 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
         "metrics": {k: v for k, v in scores.items() if k not in ("per_class", "sizes", "protocol", "seconds")},
         "per_class": scores["per_class"], "eval": {**scores["sizes"], **scores["protocol"],
                                                    "metrics_seconds": scores["seconds"],
+                                                   # raw-pixel cells written before this key used 0-1 pixels
+                                                   **({"pixels": "standardised per channel"}
+                                                      if cell.floor == "raw-pixels" else {}),
                                                    "seconds": round(time.perf_counter() - evaluation_started, 1)},
         "train": train_info, "seconds": round(time.perf_counter() - started, 1),
         "provenance": provenance(device), "config": cfg.to_dict(),

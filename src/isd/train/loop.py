@@ -17,8 +17,8 @@ from torch import Tensor
 from isd import checkpoint as ck
 from isd.config import Config, save_yaml
 from isd.data.batches import batches_of
-from isd.data.sources import Source, load_source
-from isd.data.splits import training_images
+from isd.data.sources import Source
+from isd.data.splits import source_of, training_images
 from isd.errors import Preempted, SettingError
 from isd.methods import Method, method_from_config
 from isd.nets.backbones import auto_stem
@@ -74,7 +74,9 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
         raise SettingError("{batch_size} {batch} (global) must be divisible by the {world} processes",
                            batch=cfg.batch_size, world=world)
     run_dir = prepare_run_dir(cfg.run_dir)
-    source = training_images(load_source(cfg.dataset, cfg.data, "train", cfg.subset_file), cfg)
+    source = training_images(source_of(cfg, "train"), cfg)
+    if source.bad_files and rank == 0:
+        report_undecodable(run_dir, source, cfg.max_bad_fraction, log)
     if len(source) < cfg.batch_size:
         raise SettingError("{batch_size} {batch} is larger than the dataset ({n} images in {name}); use {batch_size} "
                            "{fit} or more data", batch=cfg.batch_size, n=len(source), name=source.name,
@@ -398,6 +400,18 @@ class Window:
         values.update(images_per_s=self.count * batch_size / elapsed, data_wait=self.wait / elapsed)
         self.reset()
         return values
+
+
+def report_undecodable(run_dir: Path, source: Source, limit: float, log: Callable[[str], None]) -> None:
+    """Files a folder held in memory left out when it was decoded: listed as epoch 0, and held to the same limit."""
+    bad = source.bad_files
+    with open(run_dir / "bad_files.txt", "a") as fh:
+        fh.writelines(f"epoch 0\t{path}\n" for path in bad)
+    log(f"{len(bad)} unreadable image(s) left out of {source.name}; listed in {run_dir / 'bad_files.txt'}")
+    if len(bad) > limit * (len(source) + len(bad)):
+        raise SettingError("{n} of the {seen} images of {name} are unreadable (more than {max_bad_fraction}={limit}); "
+                           "see {listed}", n=len(bad), seen=len(source) + len(bad), name=source.name, limit=limit,
+                           listed=run_dir / "bad_files.txt")
 
 
 def report_bad_files(setup: Setup, epoch: int, bad: list[str], steps: int, runlog: RunLog) -> None:
