@@ -11,9 +11,24 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the smallest model the engine builds: narrow ResNet-18 with a 3x3 stem on 32 px crops
+# the smallest model the engine builds: narrow ResNet-18 with a 3x3 stem on 32 px crops; the tiny folders stay
+# files (in_memory off) so that these tests drive the file pipelines, as ImageNet-sized folders do
 TINY = {"width": 8, "stem": "small", "image_size": 32, "batch_size": 4, "queue_size": 8, "num_workers": 0,
-        "device": "cpu", "print_freq": 1}
+        "device": "cpu", "print_freq": 1, "in_memory": "off"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def decoded_image_cache(tmp_path_factory):
+    """Folders decoded into memory are cached in a folder of the test session's, not in ~/.cache."""
+    import os
+
+    before = os.environ.get("ISD_CACHE_DIR")
+    os.environ["ISD_CACHE_DIR"] = str(tmp_path_factory.mktemp("isd_cache"))
+    yield
+    if before is None:
+        os.environ.pop("ISD_CACHE_DIR", None)
+    else:
+        os.environ["ISD_CACHE_DIR"] = before
 
 
 def write_image_folder(split: Path, classes: int = 2, per_class: int = 4, size: int = 40, ext: str = "png",

@@ -96,7 +96,7 @@ def test_queue_not_a_multiple_of_the_batch(image_root, tmp_path, capsys):
     (["--set", "arch=resnet99"], ["unknown arch 'resnet99' (--arch); choose from resnet18, resnet34, resnet50"]),
     (["--method", "simclr"], ["argument --method: invalid choice: 'simclr'"]),
     (["--set", "method=simclr"], ["unknown method 'simclr' (--method); choose from isd, isd-plus, byol, moco"]),
-    (["--recipe", "nope"], ["unknown recipe 'nope' (--recipe); available: byol-r18-fmnist, byol-r18-imagenet", "isd recipes"]),
+    (["--recipe", "nope"], ["unknown recipe 'nope' (--recipe); available: byol-r18-cifar10, byol-r18-fmnist, byol-r18-imagenet", "isd recipes"]),
     (["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
     (["--set", "frobnicate=1"], ["unknown config key 'frobnicate' in --set"]),
     (["--epochs", "ten"], ["argument --epochs: invalid int value: 'ten'"]),

@@ -191,7 +191,6 @@ def sandbox(tmp_path_factory):
         mp.setattr(isd.eval.protocols, "load_source", load_source)
         mp.setattr(isd.data.splits, "load_source", load_source)  # --eval-every's held-out split
         mp.setattr(isd.cli.demo, "find_idx_files", would_compute("demo"))
-        mp.setattr(isd.cli.demo, "load_source", load_source)
         yield root
 
 

@@ -29,6 +29,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision import models as tv_models
 
 from isd.errors import CheckpointWriteError, SettingError, UsageError
 from isd.nets.backbones import build_backbone, feature_dim, teacher_with_student_bn
@@ -426,3 +427,48 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
     if where is not None:
         info["checkpoint"] = str(where.resolve())
     return net, info
+
+
+# ----------------------------------------------------------------------------------------------- teachers
+
+
+TORCHVISION = "torchvision:"
+
+
+def load_teacher(spec: str, encoder: str = "student",
+                 trust_checkpoint_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """A frozen teacher for distillation (pooled features out, eval mode) and its info: a checkpoint of isd, of
+    the original code or a plain ResNet state_dict (`load_backbone`, read by the safe reader), or torchvision's
+    pretrained weights as `torchvision:ARCH[:WEIGHTS]` (WEIGHTS defaults to DEFAULT), downloaded where there is
+    internet."""
+    if not spec.startswith(TORCHVISION):
+        net, info = load_backbone(spec, encoder, trust_checkpoint_code=trust_checkpoint_code)
+        return net, info
+    arch, _, weights_name = spec[len(TORCHVISION):].partition(":")
+    if arch not in tv_models.list_models(tv_models):
+        raise SettingError("teacher {spec}: torchvision has no model {arch!r} ({teacher}); e.g. "
+                           "torchvision:resnet50:IMAGENET1K_V2", spec=spec, arch=arch)
+    enum = tv_models.get_model_weights(arch)
+    try:
+        weights = enum[weights_name or "DEFAULT"]
+    except KeyError:
+        raise SettingError("teacher {spec}: {arch} has no weights {name!r} ({teacher}); it has {names}", spec=spec,
+                           arch=arch, name=weights_name, names=", ".join(w.name for w in enum)) from None
+    net = tv_models.get_model(arch)
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except Exception as err:  # offline, proxy, a truncated file...
+        raise SettingError("teacher {spec}: its weights could not be downloaded ({why}); without internet, put "
+                           "{file} there (from {url}), or pass a weights file as {teacher}", spec=spec,
+                           why=type(err).__name__, file=file, url=weights.url) from None
+    net.load_state_dict(state)
+    head = "fc" if isinstance(getattr(net, "fc", None), nn.Module) else "classifier"
+    if not isinstance(getattr(net, head, None), nn.Module):
+        raise SettingError("teacher {spec}: {arch} has no fc or classifier head to remove; use a ResNet, MobileNet "
+                           "or EfficientNet ({teacher})", spec=spec, arch=arch)
+    setattr(net, head, nn.Identity())
+    info = {"arch": arch, "weights": weights.name, "in_channels": 3, "layout": "torchvision", "encoder": "student",
+            "image_size": weights.transforms().crop_size[0] if hasattr(weights.transforms(), "crop_size") else None,
+            "checkpoint": str(file)}
+    return net.eval(), info

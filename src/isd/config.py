@@ -14,11 +14,13 @@ import yaml
 from isd.errors import SettingError, UsageError
 from isd.runtime import path_problem
 
-METHODS = ("isd", "isd-plus", "byol", "moco", "supervised")
+METHODS = ("isd", "isd-plus", "byol", "moco", "supervised", "distill")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 AUGMENTATIONS = ("weak", "strong")
+SAME_VIEW = "same"  # as the key recipe: the teacher sees the student's own view (distillation: one view)
 DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "mnist", "cifar10", "cifar100")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+TORCHVISION = "torchvision:"  # a teacher named by torchvision's weights, e.g. torchvision:resnet50:IMAGENET1K_V2
 
 
 @dataclass
@@ -61,6 +63,11 @@ class Config:
     temp_student: float = 0.02  # ISD, ISD+: the student's temperature (ISD's one T)
     temp_teacher: float | None = None  # ISD, ISD+: the teacher's temperature; None = temp_student
     temp_infonce: float = 0.2  # MoCo: the InfoNCE temperature
+    # distillation (method distill, CompRess): a frozen teacher
+    teacher: str | None = None  # checkpoint or state_dict file, or torchvision:ARCH[:WEIGHTS]
+    teacher_encoder: str = "student"  # which encoder of an isd / original checkpoint teaches
+    distill_variant: str = "2q"  # 2q: the student compares with a queue of its momentum key encoder | 1q: the teacher's
+    teacher_cache: bool = False  # one teacher pass over the unaugmented images, reused every epoch
     # engine
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA and on a CPU with native bf16) | bf16 | off
@@ -293,11 +300,18 @@ def validate(cfg: Config) -> None:
     for name in FIELDS:
         check_range(name, getattr(cfg, name), RANGES.get(name, Range()))
     _check_choices(cfg)
-    if cfg.method in ("isd", "isd-plus", "moco"):
+    if cfg.method in ("isd", "isd-plus", "moco", "distill"):
         if cfg.queue_size < cfg.batch_size or cfg.queue_size % cfg.batch_size:
             raise SettingError("{queue_size} {queue} must be a multiple of the global {batch_size} {batch} "
                                "(e.g. {queue_size} {fit})", queue=cfg.queue_size, batch=cfg.batch_size,
                                fit=max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size)
+    if cfg.method == "distill" and not cfg.teacher:
+        raise SettingError("method distill needs a {teacher}: a checkpoint or state_dict file, or "
+                           "torchvision:ARCH[:WEIGHTS] (e.g. torchvision:resnet50:IMAGENET1K_V2)")
+    if cfg.method in ("isd", "isd-plus", "byol", "moco", "supervised") and cfg.key_aug == SAME_VIEW:
+        raise SettingError("{augmentation} {got}: KEY same (one view for teacher and student) is distillation's; "
+                           "{method} {method_name} compares two views, e.g. strong/strong", got=cfg.augmentation,
+                           method_name=cfg.method)
     if 0 < cfg.imbalance_ratio < 1:
         raise SettingError("{imbalance_ratio} is the largest class's size over the smallest's: 0 (off) or >= 1, "
                            "got {got}", got=cfg.imbalance_ratio)
@@ -314,15 +328,16 @@ def _check_choices(cfg: Config) -> None:
                "schedule": ("step", "cos"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "off"),
                "data_pipeline": ("auto", "workers", "device"), "in_memory": ("auto", "on", "off"),
                "channels_last": ("auto", "on", "off"), "on_nonfinite": ("stop", "skip"),
+               "distill_variant": ("1q", "2q"), "teacher_encoder": ("student", "teacher"),
                "compile": COMPILE_MODES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise SettingError("unknown %s {got!r} ({%s}); choose from {allowed}" % (name.replace("_", " "), name),
                                got=getattr(cfg, name), allowed=", ".join(allowed))
     parts = cfg.augmentation.split("/")
-    if not (len(parts) == 2 and all(p in AUGMENTATIONS for p in parts)):
-        raise SettingError("bad {augmentation} {got!r}: use KEY/QUERY with weak or strong, e.g. weak/strong",
-                           got=cfg.augmentation)
+    if not (len(parts) == 2 and parts[0] in (*AUGMENTATIONS, SAME_VIEW) and parts[1] in AUGMENTATIONS):
+        raise SettingError("bad {augmentation} {got!r}: use KEY/QUERY with weak or strong, e.g. weak/strong (KEY "
+                           "same: the teacher sees the student's view)", got=cfg.augmentation)
 
 
 def _check_paths(cfg: Config) -> None:
@@ -331,13 +346,18 @@ def _check_paths(cfg: Config) -> None:
                            "fashion-mnist")
     if not cfg.run_dir:
         raise SettingError("the run folder is empty ({run_dir}): pass a folder, e.g. runs/isd")
-    for name in ("data", "run_dir", "subset_file", "resume"):
+    for name in ("data", "run_dir", "subset_file", "resume") + (() if str(cfg.teacher).startswith(TORCHVISION)
+                                                                else ("teacher",)):
         problem = path_problem(getattr(cfg, name)) if getattr(cfg, name) else None
         if problem is not None:
             raise SettingError("{%s} {path}: {problem}; pass a usable path" % name, path=getattr(cfg, name),
                                problem=problem)
     if cfg.subset_file and not Path(cfg.subset_file).is_file():
         raise SettingError("{subset_file} {path} does not exist", path=cfg.subset_file)
+    if cfg.method == "distill" and not str(cfg.teacher).startswith(TORCHVISION) and not Path(
+            str(cfg.teacher)).is_file():
+        raise SettingError("teacher {path} does not exist ({teacher}); pass a checkpoint or state_dict file, or "
+                           "torchvision:ARCH[:WEIGHTS]", path=cfg.teacher)
     if cfg.resume and cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise SettingError("checkpoint {path} does not exist ({resume}); pass a checkpoint file, or {resume} auto "
                            "for the newest one in the run folder", path=cfg.resume)

@@ -474,14 +474,18 @@ class BatchAugment(torch.nn.Module):
 
 def two_views(
     images: Tensor | Sequence[Tensor],
-    key_aug: BatchAugment,
+    key_aug: BatchAugment | None,
     query_aug: BatchAugment,
     generator: torch.Generator | None = None,
     crop_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(key_view, query_view): two independent augmentations of the same batch, the key's drawn first. When both
     views follow one recipe (one `BatchAugment` for both), as one batch of twice the size: half the operations
-    (a small-image step on a GPU is bound by their launches), and on a CPU the same pixels to the bit."""
+    (a small-image step on a GPU is bound by their launches), and on a CPU the same pixels to the bit. Without a
+    key recipe (None: augmentation `same/...`), one view, which is both."""
+    if key_aug is None:
+        view = query_aug(images, generator, crop_generator)
+        return view, view
     if key_aug is query_aug:
         both = key_aug(images, generator, crop_generator, views=2)
         key, query = both.chunk(2)

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from isd.config import build_config
+from isd.config import SAME_VIEW, build_config
 from isd.data.batch_augment import BatchAugment, two_views
 from isd.data.decode import decode_all, encoded_or_rgb, jpeg_decoder_problem, open_rgb, rgb_tensor
 from isd.data.pil_augment import eval_transform, train_transform
@@ -45,6 +45,7 @@ class Batch:
     query: Tensor
     labels: Tensor
     bad: list[str]  # unreadable files replaced in this batch
+    indices: Tensor | None = None  # which images of the training set these are (a cached teacher looks them up)
 
 
 class TwoViewLoader(Protocol):
@@ -84,11 +85,11 @@ class Batches(Protocol):
 
 
 def view_augments(cfg, size: int, source: Source, device: torch.device | None = None,
-                  training: bool = False) -> tuple[BatchAugment, BatchAugment]:
+                  training: bool = False) -> tuple[BatchAugment | None, BatchAugment]:
     """The (teacher, student) views of `cfg`'s recipes, for whole batches (in memory, or decoded files), with their
     constants on `device`; for training, with their pixel work compiled when `cfg.compile` asks (a training
     batch keeps one shape). One recipe for both, on a GPU: one object, twice, which `two_views` makes as one batch
-    (`both_views_as_one_batch`)."""
+    (`both_views_as_one_batch`). Key recipe `same` (distillation): None, the teacher sees the student's view."""
     def views(recipe: str) -> BatchAugment:
         aug = BatchAugment(recipe, size, source.mean, source.std, tuple(cfg.crop_scale), blur_prob=cfg.blur_prob)
         aug = aug.to(device) if device is not None else aug
@@ -96,6 +97,8 @@ def view_augments(cfg, size: int, source: Source, device: torch.device | None = 
             aug.compile_pixels()
         return aug
 
+    if cfg.key_aug == SAME_VIEW:
+        return None, views(cfg.query_aug)
     key = views(cfg.key_aug)
     shared = cfg.query_aug == cfg.key_aug and device is not None and both_views_as_one_batch(device)
     return key, (key if shared else views(cfg.query_aug))
@@ -199,7 +202,7 @@ class TensorLoader:
             gen.manual_seed(mix_seed(s.seed, epoch, step))
             key, query = two_views(self.images[batch], self.key_aug, self.query_aug, gen)
             mine = slice(s.rank * s.local, (s.rank + 1) * s.local)
-            yield Batch(key[mine], query[mine], self.targets[batch][mine], [])
+            yield Batch(key[mine], query[mine], self.targets[batch][mine], [], batch[mine])
 
 
 def two_view_batches(images: Tensor, labels: Tensor | None = None, *, batch_size: int = 256, seed: int = 0,
@@ -327,12 +330,16 @@ class TwoViewFiles(Dataset):
         index, epoch = item
         img, candidate, bad = first_readable(self.files, index, open_rgb)
         torch.manual_seed(mix_seed(self.seed, epoch, index))
-        return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad
+        if self.key_t is None:  # one view, which the teacher sees too
+            view = self.query_t(img)
+            return view, view, int(self.targets[candidate]), bad, candidate
+        return self.key_t(img), self.query_t(img), int(self.targets[candidate]), bad, candidate
 
 
-def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    keys, queries, labels, bad = zip(*samples)
-    return torch.stack(keys), torch.stack(queries), torch.tensor(labels), [b for b in bad if b >= 0]
+def _collate(samples) -> tuple[Tensor, Tensor, Tensor, list[int], Tensor]:
+    keys, queries, labels, bad, used = zip(*samples)
+    return (torch.stack(keys), torch.stack(queries), torch.tensor(labels), [b for b in bad if b >= 0],
+            torch.tensor(used))
 
 
 class FileLoader:
@@ -342,8 +349,9 @@ class FileLoader:
 
     def __init__(self, source: Source, cfg, size: int, device: torch.device, rank: int = 0, world: int = 1):
         self.ahead = cfg.num_workers * PREFETCH
-        key_t = train_transform(cfg.key_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
         query_t = train_transform(cfg.query_aug, size, source.mean, source.std, cfg.crop_scale, cfg.blur_prob)
+        key_t = None if cfg.key_aug == SAME_VIEW else train_transform(cfg.key_aug, size, source.mean, source.std,
+                                                                          cfg.crop_scale, cfg.blur_prob)
         self.source, self.device = source, device
         self.sampler = RankBatches(len(source), cfg.batch_size, cfg.seed, rank, world)
         self.loader = DataLoader(TwoViewFiles(source, key_t, query_t, cfg.seed), batch_sampler=self.sampler,
@@ -356,9 +364,10 @@ class FileLoader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start_step = epoch, start_step
-        for key, query, labels, bad in self.loader:
+        for key, query, labels, bad, used in self.loader:
             yield Batch(key.to(self.device, non_blocking=True), query.to(self.device, non_blocking=True),
-                        labels.to(self.device, non_blocking=True), [self.source.files[i] for i in bad])
+                        labels.to(self.device, non_blocking=True), [self.source.files[i] for i in bad],
+                        used.to(self.device, non_blocking=True))
 
 
 class EncodedFiles(Dataset):
@@ -374,12 +383,12 @@ class EncodedFiles(Dataset):
         payload, candidate, bad = first_readable(self.files, item[0], encoded_or_rgb)
         # a stand-in that fails to decode is reported once, where it is read as itself
         own = candidate if candidate == item[0] else -1
-        return payload, int(self.targets[candidate]), own, bad
+        return payload, int(self.targets[candidate]), own, bad, candidate
 
 
-def _collate_encoded(samples) -> tuple[list[Tensor], Tensor, list[int], list[int]]:
-    payloads, labels, own, bad = zip(*samples)
-    return list(payloads), torch.tensor(labels), list(own), [b for b in bad if b >= 0]
+def _collate_encoded(samples) -> tuple[list[Tensor], Tensor, list[int], list[int], Tensor]:
+    payloads, labels, own, bad, used = zip(*samples)
+    return list(payloads), torch.tensor(labels), list(own), [b for b in bad if b >= 0], torch.tensor(used)
 
 
 class DeviceFileLoader:
@@ -408,7 +417,7 @@ class DeviceFileLoader:
         s = self.sampler
         s.epoch, s.start_step = epoch, start_step
         gen, crops = torch.Generator(device=self.device), torch.Generator()
-        for step, (payloads, labels, own, bad) in enumerate(self.loader, start=start_step):
+        for step, (payloads, labels, own, bad, used) in enumerate(self.loader, start=start_step):
             images = decode_all(payloads, self.device)
             unreadable = [i for i, image in enumerate(images) if image is None]
             if len(unreadable) == len(images):
@@ -416,6 +425,7 @@ class DeviceFileLoader:
             stand_in = next(i for i, image in enumerate(images) if image is not None)
             if unreadable:  # the workers could open these but not decode them: replaced
                 labels[unreadable] = int(labels[stand_in])
+                used[unreadable] = int(used[stand_in])
             substitute = images[stand_in]
             assert substitute is not None
             ready = [substitute if image is None else image for image in images]
@@ -424,7 +434,8 @@ class DeviceFileLoader:
             crops.manual_seed(seed)
             key, query = two_views(ready, self.key_aug, self.query_aug, gen, crops)
             paths = [self.source.files[i] for i in bad] + [self.source.files[own[i]] for i in unreadable if own[i] >= 0]
-            yield Batch(key, query, labels.to(self.device, non_blocking=True), paths)
+            yield Batch(key, query, labels.to(self.device, non_blocking=True), paths,
+                        used.to(self.device, non_blocking=True))
 
 
 class ImageFiles(Dataset):

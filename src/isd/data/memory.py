@@ -73,13 +73,14 @@ def header_size(path: str) -> tuple[int, int] | None:
 
 
 def common_square_side(files: list[str]) -> int | None:
-    """The side of the sampled files' one square size, or None when they differ, are not square or unreadable."""
+    """The side of the sampled files' one square size, or None when they differ or are not square (unreadable
+    files are left to the decoding pass, which counts them)."""
     step = max(1, len(files) // SAMPLED_HEADERS)
-    sizes = {header_size(p) for p in files[::step][:SAMPLED_HEADERS]}
+    sizes = {header_size(p) for p in files[::step][:SAMPLED_HEADERS]} - {None}
     if len(sizes) != 1:
         return None
-    size = sizes.pop()
-    return size[0] if size is not None and size[0] == size[1] else None
+    width, height = sizes.pop()  # type: ignore[misc]  # None was removed
+    return width if width == height else None
 
 
 def worth_holding(files: list[str], mode: str) -> int | None:

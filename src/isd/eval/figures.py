@@ -59,7 +59,7 @@ def neighbour_rows(model: ISD, cfg, source: Source, size: int, device: torch.dev
     images = batches_of(source)
     bank_views, bank = [], []
     for start in range(0, anchors, batch):
-        views = key_aug(images.uint8(anchor_idx[start:start + batch], size), generator=gen)
+        views = (key_aug or query_aug)(images.uint8(anchor_idx[start:start + batch], size), generator=gen)
         bank_views.append(views)
         bank.append(model.teacher_embed(views.to(device)))
     bank_views_all, bank_all = torch.cat(bank_views), torch.cat(bank)

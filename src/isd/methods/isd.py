@@ -10,9 +10,11 @@ from isd.methods.momentum import QueuedMethod, purity
 from isd.nets.heads import isd_predictor, mlp
 
 
-def isd_loss(q: Tensor, k: Tensor, queue: Tensor, temp_s: float, temp_t: float) -> Tensor:
-    """KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Qᵀ/T_s)), averaged over the batch. Call in fp32."""
-    s_q = q @ queue.T / temp_s
+def isd_loss(q: Tensor, k: Tensor, queue: Tensor, temp_s: float, temp_t: float,
+             queue_student: Tensor | None = None) -> Tensor:
+    """KL(softmax(k·Qᵀ/T_t) ‖ softmax(q·Q_sᵀ/T_s)), averaged over the batch, Q_s = Q unless the student compares
+    with a queue of its own (CompRess-2q: row i of both queues is one image). Call in fp32."""
+    s_q = q @ (queue if queue_student is None else queue_student).T / temp_s
     s_k = k @ queue.T / temp_t
     return F.kl_div(F.log_softmax(s_q, dim=1), F.softmax(s_k, dim=1), reduction="batchmean")
 

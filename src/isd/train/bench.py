@@ -29,8 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from isd.config import Config
-from isd.data.batches import Batch, batches_of
-from isd.train.loop import EpochRunner, build, image_size_and_stem, use_bf16
+from isd.data.batches import Batch
+from isd.train.loop import EpochRunner, build, image_size_and_stem, training_loader, use_bf16
 from isd.train.runlog import RunLog
 
 MODES = ("compute", "data", "e2e")
@@ -88,7 +88,7 @@ def bench(cfg: Config, modes: tuple[str, ...] = MODES, steps: int = 20, warmup: 
     with tempfile.TemporaryDirectory(prefix="isd_bench_") as tmp:
         cfg.run_dir, cfg.resume = tmp, None
         setup = build(cfg, log=lambda _: None)
-        loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device)
+        loader = training_loader(setup)
         runlog = RunLog(setup.run_dir, enabled=False)
         runner = EpochRunner(setup, setup.model, loader, loader.steps_per_epoch(), runlog)
         setup.model.train()

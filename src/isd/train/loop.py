@@ -16,17 +16,18 @@ from torch import Tensor
 
 from isd import checkpoint as ck
 from isd.config import Config, save_yaml
-from isd.data.batches import batches_of
-from isd.data.sources import Source
-from isd.data.splits import source_of, training_images
+from isd.data.batches import TwoViewLoader, batches_of
+from isd.data.sources import Source, load_source
+from isd.data.splits import training_images
 from isd.errors import Preempted, SettingError
-from isd.methods import Method, method_from_config
+from isd.methods import Distill, Method, method_from_config
 from isd.nets.backbones import auto_stem
 from isd.runtime import init_distributed, leave_distributed, resolve_device
 from isd.train.nonfinite import NonFiniteGuard
 from isd.train.preemption import StopRequests
 from isd.train.runlog import RunLog
 from isd.train.schedule import learning_rate
+from isd.train.teacher_cache import CachedKeys, cached_teacher_features
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Setup:
     start_epoch: int = 1
     start_step: int = 0
     joined_group: bool = False  # build() joined the process group, so train() leaves it
+    key_table: torch.Tensor | None = None  # distillation with a cached teacher: its features of each image
 
 
 def prepare_run_dir(path: str) -> Path:
@@ -74,7 +76,8 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
         raise SettingError("{batch_size} {batch} (global) must be divisible by the {world} processes",
                            batch=cfg.batch_size, world=world)
     run_dir = prepare_run_dir(cfg.run_dir)
-    source = training_images(source_of(cfg, "train"), cfg)
+    source = training_images(load_source(cfg.dataset, cfg.data, "train", cfg.subset_file, in_memory=cfg.in_memory,
+                                         download=cfg.download), cfg)
     if source.bad_files and rank == 0:
         report_undecodable(run_dir, source, cfg.max_bad_fraction, log)
     if len(source) < cfg.batch_size:
@@ -85,7 +88,13 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = method_from_config(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes))
+    model = method_from_config(cfg, in_channels=source.channels, stem=stem, num_classes=len(source.classes),
+                               trust_code=trust_code)
+    key_table = None
+    if isinstance(model, Distill) and cfg.teacher_cache:
+        key_table = cached_teacher_features(cfg, run_dir, model.teacher.to(device), source, size, device, log,
+                                            rank == 0)
+        model.teacher = torch.nn.Identity()  # the key view is now the cached feature vector of each image
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if device.type == "cpu" and any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
@@ -99,10 +108,17 @@ def build(cfg: Config, log: Callable[[str], None] = print, trust_code: bool = Fa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
                                 fused=use_fused_sgd(device) or None)
-    setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer, joined_group=joined)
+    setup = Setup(cfg, device, rank, world, run_dir, source, size, model, optimizer, joined_group=joined,
+                  key_table=key_table)
     if resume(setup, log, trust_code):
         model.catch_up_teacher()  # the teacher update the original makes before its resumed step (a new one made it)
     return setup
+
+
+def training_loader(setup: Setup) -> TwoViewLoader:
+    """The run's two views of each batch (the key being the cached teacher feature vector where there is one)."""
+    loader = batches_of(setup.source).two_views(setup.cfg, setup.size, setup.device, setup.rank, setup.world)
+    return loader if setup.key_table is None else CachedKeys(loader, setup.key_table)
 
 
 def compile_networks(model: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
@@ -221,7 +237,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, on_epoch_end: Callabl
     if main_process:
         save_yaml(cfg, setup.run_dir / "config.yaml")
     runlog = RunLog(setup.run_dir, enabled=main_process, console=log)
-    loader = batches_of(setup.source).two_views(cfg, setup.size, setup.device, setup.rank, setup.world)
+    loader = training_loader(setup)
     net: torch.nn.Module = model  # what the steps call: the model, or its DDP wrapper
     if setup.world > 1:
         # queue and teacher are kept identical by all-gathers; broadcasting buffers would copy the queue each step
@@ -319,7 +335,7 @@ class EpochRunner:
     def step(self, batch, step: int) -> dict[str, Tensor] | None:
         """One optimizer step; the values to log, or None for a skipped step."""
         model, optimizer = self.setup.model, self.setup.optimizer
-        key = batch.key.contiguous(memory_format=self.memory_format)
+        key = batch.key.contiguous(memory_format=self.memory_format) if batch.key.dim() == 4 else batch.key
         query = batch.query.contiguous(memory_format=self.memory_format)
         self.guard.before_forward()
         with self.autocast:
