@@ -15,7 +15,7 @@ from isd.cli.legacy_train import main as legacy_main
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 FAST = ["--num-workers", "0", "--device", "cpu", "--batch-size", "4", "--queue-size", "8",
-        "--set", "image_size=32", "--set", "stem=small", "--set", "width=8"]
+        "--set", "image_size=32", "--set", "stem=small", "--set", "width=8", "--set", "in_memory=off"]  # the file pipelines
 
 
 def run_cli(argv: list, capsys, entry=main) -> tuple[int, str, str]:

@@ -246,3 +246,19 @@ def test_a_torchvision_teacher_from_the_hub_cache(tmp_path, teacher_run, monkeyp
     net, info = load_teacher("torchvision:resnet18:IMAGENET1K_V1")  # the hash is checked on download only
     assert isinstance(net.fc, nn.Identity) and info["in_channels"] == 3 and not net.training
     assert F.normalize(net(torch.randn(2, 3, 32, 32)), dim=1).shape == (2, 512)
+
+
+def test_a_mobilenet_student_is_distilled_evaluated_and_exported(tmp_path, teacher_run):
+    data, teacher = teacher_run
+    run = tmp_path / "mobile"
+    argv = distill_argv(data, teacher, run, "--arch", "mobilenet_v3_small", "--epochs", "1", "--set", "width=64")
+    with single_thread():
+        assert main(argv) == 0
+        assert main(["knn", str(run / "ckpt_last.pth"), str(data), "--device", "cpu"]) == 0
+        assert main(["export", str(run / "ckpt_last.pth"), "-o", str(run / "backbone.pth")]) == 0
+    net, info = load_backbone(run / "ckpt_last.pth")
+    assert info["arch"] == "mobilenet_v3_small" and info["feature_dim"] == 576 and info["stem"] == "small"
+    rebuilt = build_backbone("mobilenet_v3_small", stem="small")
+    rebuilt.load_state_dict(torch.load(run / "backbone.pth", weights_only=True))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(rebuilt.eval()(x), net(x)) and net(x).shape == (2, 576)

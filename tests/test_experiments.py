@@ -66,7 +66,7 @@ def test_cap_is_a_fixed_subset():
 
 
 def test_training_images_apply_holdout_then_unbalance_then_cap(image_root, tmp_path):
-    source = load_source("folder", str(image_root), "train")  # 2 classes x 4 images
+    source = load_source("folder", str(image_root), "train", in_memory="off")  # 2 classes x 4 images
     cfg = build_config(None, tiny_values(image_root, tmp_path, holdout=2))
     kept = training_images(source, cfg)
     bank, queries = evaluation_sets(cfg, "holdout")
@@ -400,7 +400,8 @@ def test_a_cell_started_with_another_config_is_not_resumed(tmp_path, capsys):
 @needs_fmnist
 def test_the_demo_ends_with_its_table_its_curve_and_the_committed_gpu_headline(tmp_path, capsys):
     argv = ["demo", "--run-dir", str(tmp_path), "--set", "epochs=1", "--set", "width=8", "--set",
-            "max_train_images=512", "--set", "batch_size=128", "--set", "queue_size=512", "--set", "eval_max_images=500"]
+            "max_train_images=512", "--set", "batch_size=128", "--set", "queue_size=512", "--set", "eval_max_images=500",
+            "--more"]
     with single_thread():
         assert main(argv) == 0
         report = json.loads((tmp_path / "demo.json").read_text())

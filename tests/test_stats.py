@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from isd.experiments.report import baseline_lines, claim_lines, markdown
+from isd.experiments.report import baseline_lines, claim_lines, load_results, markdown
 from isd.experiments.stats import PaperClaim, pair_up, paired, t_quantile_975
 
 
@@ -115,12 +115,18 @@ def test_a_study_judges_rows_on_two_or_more_seeds_against_its_baseline_row():
 
 
 def test_the_demo_prints_the_committed_claims_verdicts(capsys):
-    from isd.cli.demo import CLAIMS, print_claims
+    from isd.cli.demo import DEMOS, EXPERIMENTS, print_claim_summary, print_claims
 
-    print_claims(CLAIMS)
+    claims = [EXPERIMENTS / name for name in DEMOS["fashion-mnist"].claims]
+    print_claims(claims)  # --more: every verdict in full
     out = capsys.readouterr().out
     assert "fmnist-balanced-gpu (budget gpu;" in out and "fmnist-unbalanced-gpu (budget gpu;" in out
     assert "ISD ≥ MoCo-v2 at 1-NN on the rare classes:" in out
+    print_claim_summary(claims)  # the default: one line per claim and experiment
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    assert "  fmnist-balanced-gpu: ISD ≥ MoCo-v2 at 20-NN: holds (+0.78 [+0.53, +1.03], 2 seeds)" in lines
+    assert len(lines) == sum(len(claim_lines(load_results([str(c)]))) for c in claims if c.is_dir())
+    assert all(len(line) < 125 for line in lines), max(lines, key=len)
     print_claims([])
     assert capsys.readouterr().out == ""
 

@@ -1,5 +1,5 @@
 """isd: self-supervised learning by Iterative Similarity Distillation (ISD, ICCV 2021), with ISD+, asymmetric BYOL
-and MoCo-v2. The public Python API; docs/api.md lists every name."""
+and MoCo-v2, and distillation of a frozen teacher (CompRess). The public Python API; docs/api.md lists every name."""
 
 from importlib import metadata
 
@@ -8,7 +8,19 @@ from isd.checkpoint import load_backbone
 from isd.data.batch_augment import BatchAugment, two_views
 from isd.data.batches import Batch, two_view_batches
 from isd.errors import ArgumentError, ArgumentTypeError, UsageError
-from isd.methods import BYOL, ISD, AfterStep, ISDPlus, MemoryQueue, Method, MoCo, Step, Supervised, build_method
+from isd.methods import (
+    BYOL,
+    ISD,
+    AfterStep,
+    Distill,
+    ISDPlus,
+    MemoryQueue,
+    Method,
+    MoCo,
+    Step,
+    Supervised,
+    build_method,
+)
 from isd.nets import build_backbone, feature_dim
 
 try:
@@ -16,6 +28,6 @@ try:
 except metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["ISD", "ISDPlus", "BYOL", "MoCo", "Supervised", "build_method", "build_backbone", "feature_dim",
+__all__ = ["ISD", "ISDPlus", "BYOL", "MoCo", "Supervised", "Distill", "build_method", "build_backbone", "feature_dim",
            "load_backbone", "Method", "Step", "AfterStep", "MemoryQueue", "losses", "BatchAugment", "two_views",
            "two_view_batches", "Batch", "ArgumentError", "ArgumentTypeError", "UsageError", "__version__"]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchvision import models as tv_models
 
 from isd.errors import CheckpointWriteError, SettingError, UsageError
-from isd.nets.backbones import build_backbone, feature_dim, teacher_with_student_bn
+from isd.nets.backbones import MOBILENETS, build_backbone, feature_dim, teacher_with_student_bn
 from isd.runtime import checksum_path, file_sha256, write_checked
 
 LAST = "ckpt_last.pth"  # a link to the newest rolling checkpoint
@@ -245,11 +245,13 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_checkpoint(cfg, model, optimizer, epoch: int, step_in_epoch: int = 0) -> dict[str, Any]:
-    """Top-level keys of the original (`opt`, `state_dict`, `optimizer`, `epoch`) plus what exact resume needs."""
+def make_checkpoint(cfg, model, optimizer, epoch: int, step_in_epoch: int = 0,
+                    stem: str | None = None) -> dict[str, Any]:
+    """Top-level keys of the original (`opt`, `state_dict`, `optimizer`, `epoch`) plus what exact resume needs, and
+    the stem the backbone was built with (`stem: auto` resolved: a MobileNet's weights do not show it)."""
     return {"opt": cfg.to_dict(), "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "method": cfg.method, "arch": cfg.arch,
-            "rng": rng_state(), "format": FORMAT}
+            "stem": stem or cfg.stem, "rng": rng_state(), "format": FORMAT}
 
 
 def teacher_is_current(ckpt: dict[str, Any]) -> bool:
@@ -358,15 +360,38 @@ def split_encoders(ckpt: dict[str, Any], name: str) -> tuple[str, dict[str, Tens
     if any(k.startswith("encoder_q.") for k in state):
         layout = "isd" if str(ckpt.get("format", "")).startswith("isd-ssl") else "original"
         return layout, part("encoder_q."), part("encoder_k.") or None
-    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
+    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state) or "features.0.0.weight" in state:
         return "plain", part(""), None
     seen = ", ".join(list(state)[:6]) or ", ".join(map(str, list(ckpt)[:6])) or "nothing"
     raise UsageError(f"checkpoint {name}: unknown layout (keys seen: {seen}); expected an isd/original training "
                      f"checkpoint (encoder_q.*) or a torchvision ResNet state_dict (conv1.weight, layer1.*)")
 
 
-def infer_shape(weights: dict[str, Tensor], name: str) -> dict[str, Any]:
-    """arch, stem, width and input channels, read from the weights themselves."""
+MOBILENET_BLOCKS = {19: "mobilenet_v2", 13: "mobilenet_v3_small", 17: "mobilenet_v3_large"}
+
+
+def mobilenet_weights(weights: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """A MobileNet's weights under torchvision's names (`features.*`), from a method's `body.features.*` too;
+    None for any other network."""
+    for prefix in ("", "body."):
+        if f"{prefix}features.0.0.weight" in weights:
+            return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    return None
+
+
+def infer_shape(weights: dict[str, Tensor], name: str, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """arch, stem, width and input channels, read from the weights themselves (a MobileNet's stem from the
+    checkpoint, which records it)."""
+    mobile = mobilenet_weights(weights)
+    if mobile is not None:
+        count = len({k.split(".")[1] for k in mobile if k.startswith("features.")})
+        arch = (ckpt or {}).get("arch") if (ckpt or {}).get("arch") in MOBILENETS else MOBILENET_BLOCKS.get(count)
+        if arch is None:
+            raise UsageError(f"checkpoint {name}: a MobileNet with {count} feature blocks matches none of "
+                             f"{', '.join(MOBILENETS)}")
+        stem = (ckpt or {}).get("stem")
+        return {"arch": arch, "stem": stem if stem in ("small", "imagenet") else "imagenet", "width": 64,
+                "in_channels": mobile["features.0.0.weight"].shape[1]}
     if "conv1.weight" not in weights:
         raise UsageError(f"checkpoint {name}: the encoder has no conv1.weight; it is not a ResNet backbone")
     conv1 = weights["conv1.weight"]
@@ -384,6 +409,7 @@ def infer_shape(weights: dict[str, Tensor], name: str) -> dict[str, Any]:
 
 def _build(shape: dict[str, Any], weights: dict[str, Tensor], name: str) -> nn.Module:
     net = build_backbone(shape["arch"], shape["stem"], shape["width"], shape["in_channels"])
+    weights = mobilenet_weights(weights) or weights if shape["arch"] in MOBILENETS else weights
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
@@ -408,7 +434,7 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
     else:
         ckpt, name, where = read(path_or_ckpt, trust_checkpoint_code), str(path_or_ckpt), Path(path_or_ckpt)
     layout, student_w, teacher_w = split_encoders(ckpt, name)
-    shape = infer_shape(student_w, name)
+    shape = infer_shape(student_w, name, ckpt)
     if arch and arch != shape["arch"]:
         raise SettingError("checkpoint {name} holds {theirs} weights, not {ours} ({arch}); use {arch} {theirs} or "
                            "leave it out", name=name, theirs=shape["arch"], ours=arch)
@@ -424,6 +450,8 @@ def load_backbone(path_or_ckpt: str | Path | dict[str, Any], encoder: str = "stu
             "image_size": opt.get("image_size"), "dataset": opt.get("dataset"),
             "torchvision_compatible": shape["stem"] == "imagenet" and shape["width"] == 64
             and shape["in_channels"] == 3}
+    if shape["arch"] in MOBILENETS:
+        info["torchvision_compatible"] = False  # its classifier is an Identity: torchvision's has a Linear
     if where is not None:
         info["checkpoint"] = str(where.resolve())
     return net, info

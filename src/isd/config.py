@@ -15,7 +15,7 @@ from isd.errors import SettingError, UsageError
 from isd.runtime import path_problem
 
 METHODS = ("isd", "isd-plus", "byol", "moco", "supervised", "distill")
-ARCHS = ("resnet18", "resnet34", "resnet50")
+ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 AUGMENTATIONS = ("weak", "strong")
 SAME_VIEW = "same"  # as the key recipe: the teacher sees the student's own view (distillation: one view)
 DATASETS = ("folder", "imagenet", "imagenet100", "fashion-mnist", "mnist", "cifar10", "cifar100")

@@ -74,7 +74,9 @@ def flags(parser: argparse.ArgumentParser) -> Flags:
 
 def legacy_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Config values for the flags given on the command line (every flag defaults to None: not given)."""
-    values = flags(parser).values(args)
+    # the original reads image files and trains on 224 px crops of them, whatever their size: no folder is held in
+    # memory at its native size for its commands
+    values = {"in_memory": "off", **flags(parser).values(args)}
     if args.temp is not None:
         values.setdefault("temp_student", args.temp)  # --temp_s wins over --temp when both are given
     values.update(schedule_values(args))

@@ -16,7 +16,11 @@ from isd.data.sources import Source
 
 
 def backbone_forward(module: nn.Module, x: Tensor) -> Tensor:
-    """A torchvision ResNet up to the pooled features, whatever head sits in its `fc`."""
+    """A backbone's pooled features, whatever head sits in its `fc`: a torchvision ResNet up to its pooling, a
+    backbone wrapped with a head slot (`WithHead`: a MobileNet inside a method) without it, any other as is."""
+    if not isinstance(module, ResNet):
+        body = getattr(module, "body", None)
+        return body(x) if isinstance(body, nn.Module) else module(x)
     net = cast(ResNet, module)
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))

@@ -119,7 +119,8 @@ def short_claim_lines(rows: list[dict]) -> list[str]:
         if result is None:
             continue
         unit = "draw" if unbalanced else "seed"
-        lines.append(f"{display(claim.better)} ≥ {display(claim.worse)} at {claim.label}: {result.verdict} "
+        verdict = result.verdict.split(" at n = ")[0]  # n follows in the parentheses
+        lines.append(f"{display(claim.better)} ≥ {display(claim.worse)} at {claim.label}: {verdict} "
                      f"({result.mean:+.2f} {result.interval_text()}, {result.n} {unit}{'s' if result.n > 1 else ''})")
     return lines
 

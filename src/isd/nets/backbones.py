@@ -1,7 +1,9 @@
-"""torchvision ResNets, optionally with a small-image stem and a narrower width.
+"""torchvision ResNets, optionally with a small-image stem and a narrower width, and torchvision's MobileNets (as
+distillation students).
 
-The module keeps torchvision's layout (conv1, bn1, layer1..4, avgpool, fc), so a default-width
-backbone's state_dict loads into `torchvision.models.resnetXX()` unchanged.
+The module keeps torchvision's layout (conv1, bn1, layer1..4, avgpool, fc; a MobileNet's features and an Identity
+classifier), so a default-width backbone's state_dict loads into `torchvision.models.<arch>()` unchanged once its
+head is an Identity.
 """
 
 from __future__ import annotations
@@ -15,17 +17,27 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from isd.errors import ArgumentError, ArgumentTypeError
 
 _CONSTRUCTORS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
+# torchvision's MobileNets: (constructor, pooled feature size); their stem is a 3x3/2 conv, the small stem 3x3/1
+MOBILENETS = {"mobilenet_v2": (models.mobilenet_v2, 1280), "mobilenet_v3_small": (models.mobilenet_v3_small, 576),
+              "mobilenet_v3_large": (models.mobilenet_v3_large, 960)}
+ARCHITECTURES = (*_CONSTRUCTORS, *MOBILENETS)
 
 
 def feature_dim(arch: str, width: int = 64) -> int:
+    if arch in MOBILENETS:
+        return MOBILENETS[arch][1]
     expansion = 4 if arch == "resnet50" else 1
     return 8 * width * expansion
 
 
 def build_backbone(arch: str = "resnet18", stem: str = "imagenet", width: int = 64, in_channels: int = 3) -> ResNet:
     """A ResNet whose `fc` is Identity, so forward() returns the pooled feature vector (`feature_dim(arch, width)`
-    values). `stem` small: a 3x3 stride-1 first convolution and no max-pool, for 28-32 px images."""
+    values). `stem` small: a 3x3 stride-1 first convolution and no max-pool, for 28-32 px images. A MobileNet (its
+    classifier an Identity) has no `fc`; its width is torchvision's (64 means as built) and its small stem is its
+    first convolution at stride 1."""
     _check_backbone_arguments(arch, stem, width, in_channels)
+    if arch in MOBILENETS:
+        return _mobilenet(arch, stem, width, in_channels)
     net = _CONSTRUCTORS[arch]()
     block = Bottleneck if arch == "resnet50" else BasicBlock
     if width != 64:
@@ -41,6 +53,19 @@ def build_backbone(arch: str = "resnet18", stem: str = "imagenet", width: int = 
     return net
 
 
+def _mobilenet(arch: str, stem: str, width: int, in_channels: int) -> nn.Module:
+    if width != 64:
+        raise ArgumentError(f"width={width}: {arch} is built at torchvision's width; width applies to ResNets")
+    net = MOBILENETS[arch][0]()
+    first = net.features[0][0]
+    if in_channels != 3 or stem == "small":
+        net.features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=1 if stem == "small" else 2,
+                                       padding=1, bias=False)
+        nn.init.kaiming_normal_(net.features[0][0].weight, mode="fan_out")
+    net.classifier = nn.Identity()
+    return net
+
+
 def auto_stem(image_size: int) -> str:
     """The stem `stem: auto` picks: the small one below 64 px, where the ImageNet stem leaves tiny maps."""
     return "small" if image_size < 64 else "imagenet"
@@ -48,8 +73,8 @@ def auto_stem(image_size: int) -> str:
 
 def _check_backbone_arguments(arch: object, stem: object, width: object, in_channels: object) -> None:
     """One-line errors (ValueError / TypeError) for what build_backbone cannot build."""
-    if arch not in _CONSTRUCTORS:
-        raise ArgumentError(f"unknown arch {arch!r}: use one of {', '.join(_CONSTRUCTORS)}")
+    if arch not in ARCHITECTURES:
+        raise ArgumentError(f"unknown arch {arch!r}: use one of {', '.join(ARCHITECTURES)}")
     if stem not in ("imagenet", "small"):
         raise ArgumentError(f"stem must be 'imagenet' (7x7/2 + max-pool) or 'small' (3x3/1, for 28-32 px), "
                             f"got {stem!r}")

@@ -376,7 +376,8 @@ class EpochRunner:
         if setup.rank != 0:
             return
         step_in_epoch = 0 if done == self.steps else done
-        state = ck.make_checkpoint(setup.cfg, setup.model, setup.optimizer, epoch, step_in_epoch)
+        stem = image_size_and_stem(setup.cfg, setup.source)[1]
+        state = ck.make_checkpoint(setup.cfg, setup.model, setup.optimizer, epoch, step_in_epoch, stem)
         global_step = (epoch - 1) * self.steps + done
         path = ck.save_rolling(state, setup.run_dir, global_step, setup.cfg.keep_checkpoints)
         if step_in_epoch == 0 and (epoch % setup.cfg.save_freq == 0 or epoch == setup.cfg.epochs):
