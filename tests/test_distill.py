@@ -262,3 +262,31 @@ def test_a_mobilenet_student_is_distilled_evaluated_and_exported(tmp_path, teach
     rebuilt.load_state_dict(torch.load(run / "backbone.pth", weights_only=True))
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(rebuilt.eval()(x), net(x)) and net(x).shape == (2, 576)
+
+
+def test_a_plan_compares_the_distilled_student_with_its_teacher_scratch_and_pixels(tmp_path, teacher_run):
+    data, teacher = teacher_run
+    plan = tmp_path / "distill-plan.yaml"
+    plan.write_text(f"""
+description: a distilled student beside its teacher, the same net trained with ISD, and raw pixels
+queries: test
+set: {{width: 8, image_size: 32, num_workers: 0, teacher: {teacher}, batch_size: 8, queue_size: 16}}
+methods:
+  distill: {{recipe: compress-r50-r18-imagenet, set: {{dataset: folder, epochs: 1, lr: 0.05}}}}
+  isd: {{recipe: isd-r18-imagenet, set: {{epochs: 1}}}}
+  teacher: {{recipe: compress-r50-r18-imagenet, floor: teacher}}
+  raw-pixels: {{recipe: isd-r18-imagenet, floor: raw-pixels}}
+seeds: [0]
+budgets:
+  smoke: {{about: a tiny check, set: {{print_freq: 2}}}}
+""")
+    out = tmp_path / "exp"
+    with single_thread():
+        assert main(["experiment", str(plan), str(data), "--budget", "smoke", "--device", "cpu", "--out",
+                     str(out)]) == 0
+    teacher_row = json.loads((out / "teacher-seed0" / "result.json").read_text())
+    assert teacher_row["floor"] == "teacher" and teacher_row["train"] == {}
+    text = (out / "report.md").read_text()
+    assert "CompRess's claims on these cells" in text
+    assert "- distilled (CompRess) ≥ 0.9 × teacher (fixed) at 20-NN:" in text
+    assert "- distilled (CompRess) ≥ ISD at 20-NN:" in text and "- distilled (CompRess) ≥ raw pixels (floor)" in text

@@ -6,7 +6,7 @@ A plan (shipped in `isd/plans/NAME.yaml`, or any YAML file) has:
     queries: test | holdout        # what the kNN queries and the probe's val set are
     set: {key: value}              # config values for every cell (optional)
     methods:                       # one entry per row of the table
-      NAME: {recipe: R, set: {..}, floor: raw-pixels | random-init, seeds: [..]}
+      NAME: {recipe: R, set: {..}, floor: raw-pixels | random-init | teacher, seeds: [..]}
     seeds: [0, 1, 2]
     draws: [1, 2]                  # optional: unbalanced draws (config key `draw`)
     baseline: NAME                 # optional: a trained row the report compares every other row with, by seed
@@ -34,7 +34,8 @@ import yaml
 from isd.config import Config, build_config
 from isd.errors import SettingError, UsageError
 
-FLOORS = ("raw-pixels", "random-init")
+FLOORS = ("raw-pixels", "random-init", "teacher")  # rows evaluated without training; teacher: the config's
+# distillation teacher as it is
 
 
 @dataclass

@@ -18,8 +18,9 @@ from isd.experiments.stats import PaperClaim, pair_up
 from isd.plots import pyplot
 
 NAMES = {"isd": "ISD", "isd-plus": "ISD+", "byol": "BYOL-asym", "moco": "MoCo-v2",
-         "supervised": "supervised (ceiling)", "random-init": "random init (floor)", "raw-pixels": "raw pixels (floor)"}
-ORDER = ["isd", "isd-plus", "byol", "moco", "supervised", "random-init", "raw-pixels"]
+         "supervised": "supervised (ceiling)", "random-init": "random init (floor)", "raw-pixels": "raw pixels (floor)",
+         "distill": "distilled (CompRess)", "teacher": "teacher (fixed)"}
+ORDER = ["teacher", "distill", "isd", "isd-plus", "byol", "moco", "supervised", "random-init", "raw-pixels"]
 METRICS = (("knn1", "1-NN"), ("knn20", "20-NN"), ("knn_weighted", "weighted kNN"), ("linear", "linear"))
 # cells that measured the CIFAR-10 benchmarks' weighted 200-NN (T 0.1) show it in place of InstDisc's (T 0.07)
 ANCHOR_METRICS = (("knn1", "1-NN"), ("knn20", "20-NN"), ("knn200", "weighted 200-NN"), ("linear", "linear"))
@@ -33,6 +34,11 @@ BALANCED_CLAIMS = (PaperClaim("isd", "byol", "knn20", "20-NN"), PaperClaim("byol
                    PaperClaim("isd", "moco", "knn20", "20-NN"))
 UNBALANCED_CLAIMS = (PaperClaim("isd", "moco", "rare", "1-NN on the rare classes"),
                      PaperClaim("isd", "moco", "knn1", "1-NN on all classes"))
+# distillation (CompRess): the student keeps most of its teacher's accuracy, and beats the same net trained with ISD
+# from scratch for the same minutes, and raw pixels
+DISTILL_CLAIMS = (PaperClaim("distill", "teacher", "knn20", "20-NN", share=0.9),
+                  PaperClaim("distill", "isd", "knn20", "20-NN"), PaperClaim("distill", "raw-pixels", "knn20", "20-NN"),
+                  PaperClaim("distill", "isd", "linear", "linear probe"))
 
 
 def display(method: str) -> str:
@@ -106,21 +112,27 @@ def claim_lines(rows: list[dict], bold: bool = True) -> list[str]:
     """One sentence per claim of the paper that this group can test: holds, does not hold, or not resolved, with
     the paired mean difference and its 95% interval (`isd.experiments.stats`)."""
     unbalanced = any(r.get("rare_classes") for r in rows)
-    claims = UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS
-    return _verdicts(rows, claims, "draw" if unbalanced else "seed", bold, min_pairs=1, planned=planned_pairs(rows))
+    return _verdicts(rows, claims_of(rows), "draw" if unbalanced else "seed", bold, min_pairs=1,
+                     planned=planned_pairs(rows))
+
+
+def claims_of(rows: list[dict]) -> tuple[PaperClaim, ...]:
+    if any(r["method"] == "distill" for r in rows):
+        return DISTILL_CLAIMS
+    return UNBALANCED_CLAIMS if any(r.get("rare_classes") for r in rows) else BALANCED_CLAIMS
 
 
 def short_claim_lines(rows: list[dict]) -> list[str]:
     """`claim_lines` in a few words each: the verdict, the paired mean difference, its interval and n."""
     unbalanced = any(r.get("rare_classes") for r in rows)
     lines = []
-    for claim in UNBALANCED_CLAIMS if unbalanced else BALANCED_CLAIMS:
+    for claim in claims_of(rows):
         result = pair_up(rows, claim, metric_value)
         if result is None:
             continue
         unit = "draw" if unbalanced else "seed"
         verdict = result.verdict.split(" at n = ")[0]  # n follows in the parentheses
-        lines.append(f"{display(claim.better)} ≥ {display(claim.worse)} at {claim.label}: {verdict} "
+        lines.append(f"{display(claim.better)} ≥ {_scaled(claim)} at {claim.label}: {verdict} "
                      f"({result.mean:+.2f} {result.interval_text()}, {result.n} {unit}{'s' if result.n > 1 else ''})")
     return lines
 
@@ -159,7 +171,7 @@ def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int,
         result = pair_up(rows, claim, metric_value)
         if result is None or result.n < min_pairs:
             continue
-        a, b = display(claim.better), display(claim.worse)
+        a, b = display(claim.better), _scaled(claim)
         verdict = f"**{result.verdict}**" if bold else result.verdict
         # a grid run in stages: a verdict read before its fixed n, and acted on, would be biased
         interim = f"interim: {result.n} of the {planned} {unit}s its budget reads it at; " if (
@@ -171,6 +183,10 @@ def _verdicts(rows: list[dict], claims, unit: str, bold: bool, min_pairs: int,
                      f"{result.n} paired {unit}{'s' if result.n != 1 else ''}: "
                      f"{', '.join(f'{d:+.2f}' for d in result.differences)}{plan})")
     return lines
+
+
+def _scaled(claim: PaperClaim) -> str:
+    return display(claim.worse) if claim.share == 1 else f"{claim.share:g} × {display(claim.worse)}"
 
 
 def header(plan: str, budget: str, rows: list[dict]) -> str:
@@ -289,7 +305,8 @@ def markdown(results: list[dict], chart_dir: dict[tuple[str, str], str] | None =
         claims = claim_lines(rows)
         if claims:
             parts.append("")
-            parts.append("The paper's claims on these cells (paired by " + ("draw" if unbalanced else "seed")
+            whose = "CompRess's" if claims_of(rows) == DISTILL_CLAIMS else "The paper's"
+            parts.append(f"{whose} claims on these cells (paired by " + ("draw" if unbalanced else "seed")
                          + "; the interval is Student's t over the pairs):")
             parts.append("")
             parts += [f"- {line}" for line in claims]

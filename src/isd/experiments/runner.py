@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from isd.checkpoint import load_teacher
 from isd.data.splits import common_class_ids, evaluation_sets, head_classes
 from isd.errors import UsageError
 from isd.eval.features import Encoded, capped_sets, encode, raw_pixels
@@ -123,7 +124,9 @@ def run_cell(plan: Plan, cell: Cell, run_dir: Path, data: str, device_name: str,
         encoded = raw_pixels(bank, queries)
     else:
         size, stem = image_size_and_stem(cfg, bank)
-        if cell.floor == "random-init":
+        if cell.floor == "teacher":  # a fixed encoder: what a distilled student is measured against
+            net = load_teacher(str(cfg.teacher), cfg.teacher_encoder)[0].to(device)
+        elif cell.floor == "random-init":
             torch.manual_seed(cfg.seed)  # the initial weights of the trained cells of this seed
             net = method_from_config(cfg, in_channels=bank.channels, stem=stem, num_classes=len(bank.classes)).encoder_q
             net = net.to(device)

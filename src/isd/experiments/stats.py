@@ -79,6 +79,7 @@ class PaperClaim:
     worse: str
     metric: str  # a key of result["metrics"], or "rare" (mean 1-NN over the rare classes)
     label: str  # how the metric reads in a sentence
+    share: float = 1.0  # A ≥ share × B: the claim is on a fraction of B's value (a student against its teacher)
 
 
 def pair_up(rows: list[dict], claim: PaperClaim, value: Callable[[dict, str], float | None]) -> Paired | None:
@@ -91,5 +92,5 @@ def pair_up(rows: list[dict], claim: PaperClaim, value: Callable[[dict, str], fl
             continue
         va, vb = value(a, claim.metric), value(b, claim.metric)
         if va is not None and vb is not None:
-            diffs.append(va - vb)
+            diffs.append(va - claim.share * vb)
     return paired(diffs) if diffs else None
