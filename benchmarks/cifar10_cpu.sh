@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The CIFAR-10 CPU grids of issue 31 (and the distillation evidence of issue 32), one training process at a time on
+# a 2-core CPU, in the order that resolves the most soonest: the recipe study on the validation split, then the
+# balanced grid seed by seed (ISD and MoCo-v2 first, the pair of the paper's main ordering), the long-tailed
+# draws, and the distillation cells, which use the balanced grid's supervised seed-0 encoder as their teacher.
+# Every cell is resumable: run it again (in this or a later session) and it skips what is finished and resumes
+# what was stopped. Results land in benchmarks/results/experiments/*; `isd report --readme README.md` and
+# `isd report --readme docs/results.md` then regenerate their tables.
+#   bash benchmarks/cifar10_cpu.sh [DATA]            # everything still missing (DATA default .data/cifar10)
+#   bash benchmarks/cifar10_cpu.sh DATA balanced     # one part: study, balanced, lt, distill
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ISD=${ISD:-.venv/bin/isd}
+OUT=benchmarks/results/experiments
+data=${1:-.data/cifar10}
+which=${2:-all}
+if [[ ! -d $data/train && ! -d $data/cifar-10-batches-py ]]; then
+  echo "no CIFAR-10 in $data: tar -xzf ../shared/data/cifar10/cifar10-jpeg.tar.gz -C $data" >&2
+  exit 2
+fi
+if [[ $which == all || $which == study ]]; then
+  $ISD experiment benchmarks/plans/cifar10-cpu-recipe-study.yaml "$data" --budget cpu --device cpu \
+    --out $OUT/cifar10-cpu-recipe-study-cpu
+fi
+if [[ $which == all || $which == balanced ]]; then
+  for seed in 0 1 2 3 4; do
+    $ISD experiment cifar10-balanced "$data" --budget cpu --device cpu --out $OUT/cifar10-balanced-cpu \
+      --only seed=$seed,method=isd,method=moco,method=raw-pixels,method=random-init
+    $ISD experiment cifar10-balanced "$data" --budget cpu --device cpu --out $OUT/cifar10-balanced-cpu \
+      --only seed=$seed,method=byol,method=isd-plus
+    $ISD experiment cifar10-balanced "$data" --budget cpu --device cpu --out $OUT/cifar10-balanced-cpu \
+      --only seed=$seed,method=supervised
+  done
+fi
+if [[ $which == all || $which == lt ]]; then
+  for draw in 1 2 3 4 5; do
+    $ISD experiment cifar10-lt "$data" --budget cpu --device cpu --only draw=$draw --out $OUT/cifar10-lt-cpu
+  done
+fi
+if [[ $which == all || $which == distill ]]; then
+  $ISD experiment benchmarks/plans/cifar10-distill-cpu.yaml "$data" --budget cpu --device cpu \
+    --out $OUT/cifar10-distill-cpu-cpu
+fi
+$ISD report $OUT/cifar10-* 2>/dev/null | tail -40 || true
