@@ -178,10 +178,21 @@ def test_bench_refuses_bad_values_in_one_line(argv, message, capsys):
 
 @pytest.mark.parametrize("content, message", [("{not json", "is not a readable JSON file"),
                                               ('{"rows": []}', "not a result of `isd bench --out`"),
-                                              ("[1, 2]", "not a result of `isd bench --out`")])
+                                              ("[1, 2]", "not a result of `isd bench --out`"),
+                                              ('{"results": [{"variant": "2q"}]}', "not a result of `isd bench"),
+                                              ('{"results": []}', "not a result of `isd bench --out`")])
 def test_report_refuses_a_json_file_that_is_no_speed_result_in_one_line(content, message, tmp_path, capsys):
     path = tmp_path / "other.json"
     path.write_text(content)
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(path) in err and "Traceback" not in err
+
+
+def test_report_renders_the_committed_fidelity_result_as_a_table(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compress_fidelity.json"
+    assert main(["report", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| 1q") or line.startswith("| 2q")}
+    assert set(rows) == {"1q", "2q"}
+    assert all(row.rstrip().endswith("| yes |") for row in rows.values())

@@ -26,10 +26,11 @@ from isd.train.schedule import learning_rate
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-RECIPES = ["byol-r18-cifar10", "byol-r18-fmnist", "byol-r18-imagenet", "compress-r50-r18-imagenet", "isd-cifar10-cpu",
-           "isd-fmnist-demo", "isd-plus-r18-cifar10", "isd-plus-r18-fmnist", "isd-plus-r50-imagenet", "isd-r18-cifar10",
-           "isd-r18-fmnist", "isd-r18-imagenet", "moco-r18-cifar10", "moco-r18-fmnist", "moco-r18-imagenet",
-           "supervised-r18-cifar10", "supervised-r18-fmnist"]
+RECIPES = ["byol-r18-cifar10", "byol-r18-fmnist", "byol-r18-imagenet", "compress-cifar10-cpu",
+           "compress-r50-r18-imagenet", "isd-cifar10-cpu", "isd-fmnist-demo", "isd-plus-r18-cifar10",
+           "isd-plus-r18-fmnist", "isd-plus-r50-imagenet", "isd-r18-cifar10", "isd-r18-fmnist", "isd-r18-imagenet",
+           "moco-r18-cifar10", "moco-r18-fmnist", "moco-r18-imagenet", "supervised-r18-cifar10",
+           "supervised-r18-fmnist"]
 
 
 # ------------------------------------------------------------------------------------------ LR schedule

@@ -29,11 +29,34 @@ def speed_markdown(path: str) -> str:
         return _versus_original(data)
     if "native_bf16" in data:
         return _cpu_bf16(data)
-    if "results" in data and all(isinstance(r, dict) and "total_ops" in r for r in data["results"]):
-        return _step_ops(data)
-    if "results" in data:
-        return _bench(data)
-    raise UsageError(f"{path}: not a result of `isd bench --out`, vs_original.py or cpu_bf16.py")
+    rows = data.get("results")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        if all("total_ops" in r for r in rows):
+            return _step_ops(data)
+        if all("max_relative_difference" in r for r in rows):
+            return _fidelity(data)
+        if all("arch" in r and "precision" in r for r in rows):
+            return _bench(data)
+    raise UsageError(f"{path}: not a result of `isd bench --out`, vs_original.py, compress_fidelity.py or "
+                     f"cpu_bf16.py")
+
+
+def _fidelity(data: dict) -> str:
+    """A side-by-side run of the original code and isd in float64 (compress_fidelity.py): the largest relative
+    difference of each tensor over the steps."""
+    names = list(dict.fromkeys(key for r in data["results"] for key in r["max_relative_difference"]))
+    lines = [f"| variant | steps | {' | '.join(names)} | equal to float64 rounding |",
+             "| --- | --- | " + "--- | " * len(names) + "--- |"]
+    for r in data["results"]:
+        diffs = " | ".join(f"{r['max_relative_difference'][n]:.1e}" if n in r["max_relative_difference"] else "–"
+                           for n in names)
+        lines.append(f"| {r.get('variant', '–')} | {r.get('steps', '–')} | {diffs} | "
+                     f"{'yes' if r.get('equal_to_float64_rounding') else 'NO'} |")
+    commit = (data.get("commit") or "unknown")[:10] + ("+dirty" if data.get("dirty") else "")
+    head = (f"{data.get('what', 'original against isd')}: the largest relative difference over the steps. "
+            f"Machine: {data.get('machine') or data.get('device', 'unknown')}; torch {data.get('torch')}; "
+            f"commit {commit}; `{data.get('command')}`.")
+    return "\n".join([head, "", *lines, ""])
 
 
 def _machine(data: dict) -> str:
