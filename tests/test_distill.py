@@ -16,6 +16,7 @@ from torch import nn
 from conftest import single_thread, write_image_folder
 from isd.checkpoint import load_backbone
 from isd.cli.main import main
+from isd.experiments.plans import load_plan
 from isd.methods import Distill
 from isd.nets import build_backbone
 
@@ -290,3 +291,24 @@ budgets:
     assert "CompRess's claims on these cells" in text
     assert "- distilled (CompRess) ≥ 0.9 × teacher (fixed) at 20-NN:" in text
     assert "- distilled (CompRess) ≥ ISD at 20-NN:" in text and "- distilled (CompRess) ≥ raw pixels (floor)" in text
+
+
+def test_a_plan_may_name_a_teacher_another_plan_makes_and_its_cell_says_so_when_run(tmp_path, teacher_run, capsys):
+    data, _ = teacher_run
+    missing = tmp_path / "other-plan" / "supervised-seed0" / "ckpt_last.pth"
+    plan = tmp_path / "later-plan.yaml"
+    plan.write_text(f"""
+queries: test
+set: {{width: 8, image_size: 32, num_workers: 0, teacher: {missing}, batch_size: 8, queue_size: 16}}
+methods:
+  distill: {{recipe: compress-r50-r18-imagenet, set: {{dataset: folder, epochs: 1}}}}
+seeds: [0]
+budgets:
+  smoke: {{about: a tiny check}}
+""")
+    assert [c.name for c in load_plan(str(plan)).cells("smoke")] == ["distill-seed0"]  # loads before the teacher exists
+    out = tmp_path / "exp"
+    assert main(["experiment", str(plan), str(data), "--budget", "smoke", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"teacher {missing} does not exist" in err, err
+    assert not (out / "distill-seed0" / "log.jsonl").exists()

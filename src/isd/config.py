@@ -213,15 +213,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def build_config(recipe: str | None = None, values: dict[str, Any] | None = None,
-                 overrides: list[str] | None = None) -> Config:
-    """Defaults <- recipe <- explicit values (flags) <- `key=value` overrides, then validated."""
+                 overrides: list[str] | None = None, files_exist: bool = True) -> Config:
+    """Defaults <- recipe <- explicit values (flags) <- `key=value` overrides, then validated. `files_exist=False`
+    checks the values only, not that the files they name (teacher, subset file, resume checkpoint) exist yet: an
+    experiment plan may name a file another plan's cells will make."""
     cfg = Config()
     if recipe:
         apply_values(cfg, load_recipe(recipe), f"recipe '{recipe}'")
         cfg.recipe = recipe
     apply_values(cfg, values or {}, "the given values")
     apply_values(cfg, parse_overrides(overrides or []), "{set}")
-    validate(cfg)
+    validate(cfg, files_exist)
     return cfg
 
 
@@ -295,7 +297,7 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, files_exist: bool = True) -> None:
     """Every check that needs no data and no model: runs before anything is loaded."""
     for name in FIELDS:
         check_range(name, getattr(cfg, name), RANGES.get(name, Range()))
@@ -320,7 +322,7 @@ def validate(cfg: Config) -> None:
                            "ways of unbalancing the data: set one of them")
     if not (len(cfg.crop_scale) == 2 and 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1):
         raise SettingError("{crop_scale} must be two numbers 0 < lo <= hi <= 1, got {got}", got=cfg.crop_scale)
-    _check_paths(cfg)
+    _check_paths(cfg, files_exist)
 
 
 def _check_choices(cfg: Config) -> None:
@@ -340,7 +342,7 @@ def _check_choices(cfg: Config) -> None:
                            "same: the teacher sees the student's view)", got=cfg.augmentation)
 
 
-def _check_paths(cfg: Config) -> None:
+def _check_paths(cfg: Config, files_exist: bool) -> None:
     if cfg.dataset in ("folder", "imagenet", "imagenet100") and not cfg.data:
         raise SettingError("no data folder given: pass {data} (a folder with train/ inside), or {dataset} "
                            "fashion-mnist")
@@ -352,6 +354,8 @@ def _check_paths(cfg: Config) -> None:
         if problem is not None:
             raise SettingError("{%s} {path}: {problem}; pass a usable path" % name, path=getattr(cfg, name),
                                problem=problem)
+    if not files_exist:
+        return
     if cfg.subset_file and not Path(cfg.subset_file).is_file():
         raise SettingError("{subset_file} {path} does not exist", path=cfg.subset_file)
     if cfg.method == "distill" and not str(cfg.teacher).startswith(TORCHVISION) and not Path(

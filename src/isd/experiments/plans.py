@@ -59,14 +59,14 @@ class Cell:
         return {"method": self.method, "seed": str(self.seed), "draw": "" if self.draw is None else str(self.draw),
                 "name": self.name}
 
-    def config(self, run_dir: Path, data: str = "") -> Config:
+    def config(self, run_dir: Path, data: str = "", files_exist: bool = True) -> Config:
         values = dict(self.values)
         if data:
             values["data"] = data
         values.update(seed=self.seed, run_dir=str(run_dir))
         if self.draw is not None:
             values["draw"] = self.draw
-        return build_config(self.recipe, values)
+        return build_config(self.recipe, values, files_exist=files_exist)
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _check(plan: Plan, origin: str) -> None:
                              f"(0 = all), got {images!r}")
         for cell in plan.cells(budget):
             try:
-                cell.config(Path("runs/check"), data="check")
+                cell.config(Path("runs/check"), data="check", files_exist=False)  # a teacher may be another plan's
             except UsageError as err:
                 raise UsageError(f"plan {origin}, budget '{budget}', cell {cell.name}: {err}") from None
 

@@ -52,16 +52,14 @@ def _fidelity(data: dict) -> str:
                            for n in names)
         lines.append(f"| {r.get('variant', '–')} | {r.get('steps', '–')} | {diffs} | "
                      f"{'yes' if r.get('equal_to_float64_rounding') else 'NO'} |")
-    commit = (data.get("commit") or "unknown")[:10] + ("+dirty" if data.get("dirty") else "")
-    head = (f"{data.get('what', 'original against isd')}: the largest relative difference over the steps. "
-            f"Machine: {data.get('machine') or data.get('device', 'unknown')}; torch {data.get('torch')}; "
-            f"commit {commit}; `{data.get('command')}`.")
-    return "\n".join([head, "", *lines, ""])
+    about = f"{data.get('what', 'original against isd')}: the largest relative difference over the steps."
+    return f"{about} {_machine(data)}\n\n" + "\n".join(lines) + "\n"
 
 
 def _machine(data: dict) -> str:
     commit = (data.get("commit") or "unknown")[:10] + ("+dirty" if data.get("dirty") else "")
-    return f"Machine: {data['device']}; torch {data['torch']}; commit {commit}; `{data['command']}`."
+    machine = data.get("device") or data.get("machine", "unknown")  # benchmarks without a torch device say "machine"
+    return f"Machine: {machine}; torch {data['torch']}; commit {commit}; `{data['command']}`."
 
 
 def _net_details(cfg: dict) -> str:
