@@ -70,6 +70,23 @@ def test_pairs_are_the_seeds_both_methods_ran_and_nothing_else():
     assert pair_up(rows, PaperClaim("isd", "supervised", "knn20", "20-NN"), lambda r, m: r["metrics"][m]) is None
 
 
+def test_a_seed_free_floor_run_once_pairs_with_every_seed_at_knn_but_not_at_the_linear_probe():
+    rows = [_row("distill", s, v) for s, v in enumerate((63.0, 62.5, 62.0))]
+    for r in rows:
+        r["metrics"]["linear"] = r["metrics"]["knn20"]
+    teacher = dict(_row("teacher", 0, 70.0), floor="teacher")
+    teacher["metrics"]["linear"] = 71.0
+    pixels, init = dict(_row("raw-pixels", 0, 40.0), floor="raw-pixels"), dict(_row("random-init", 0, 20.0),
+                                                                              floor="random-init")
+    rows += [teacher, pixels, init]
+    value = lambda r, m: r["metrics"][m]  # noqa: E731
+    share = pair_up(rows, PaperClaim("distill", "teacher", "knn20", "20-NN", share=0.9), value)
+    assert share is not None and share.n == 3 and share.differences == pytest.approx((0.0, -0.5, -1.0))
+    assert pair_up(rows, PaperClaim("distill", "raw-pixels", "knn20", "20-NN"), value).n == 3
+    assert pair_up(rows, PaperClaim("distill", "teacher", "linear", "linear probe"), value).n == 1  # SGD: per seed
+    assert pair_up(rows, PaperClaim("distill", "random-init", "knn20", "20-NN"), value).n == 1  # weights: per seed
+
+
 def test_claim_lines_for_balanced_seeds_name_the_verdict_the_mean_and_the_pairs():
     rows = [_row(m, s, v) for m, vals in {"isd": (85.0, 85.2, 85.1), "byol": (84.0, 84.1, 84.2),
                                             "moco": (84.1, 84.0, 84.3)}.items() for s, v in enumerate(vals)]

@@ -82,15 +82,36 @@ class PaperClaim:
     share: float = 1.0  # A ≥ share × B: the claim is on a fraction of B's value (a student against its teacher)
 
 
+# Rows whose kNN accuracy no seed can change: the features are fixed (a frozen teacher, the pixels themselves) and
+# kNN has no randomness, so a plan runs them once and that one cell stands for every seed of a draw. Their
+# linear probe does depend on the seed (its SGD), so it pairs only seed by seed.
+SEED_FREE_FLOORS = frozenset({"teacher", "raw-pixels"})
+SEED_FREE_METRICS = frozenset({"knn1", "knn20", "knn_weighted", "knn200", "rare"})
+
+
 def pair_up(rows: list[dict], claim: PaperClaim, value: Callable[[dict, str], float | None]) -> Paired | None:
-    """The claim's paired differences over the (seed, draw) both methods have; None when they share none."""
+    """The claim's paired differences over the (seed, draw) both methods have; None when they share none. A
+    seed-free row (`SEED_FREE_FLOORS` at a kNN metric) run on one seed of a draw pairs with every seed of it."""
     cells = {(r["method"], r["seed"], r.get("draw")): r for r in rows}
+    fixed = _seed_free_cells(rows, claim)
     diffs = []
     for (method, seed, draw), a in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2] or 0)):
-        b = cells.get((claim.worse, seed, draw))
+        b = cells.get((claim.worse, seed, draw)) or fixed.get(draw)
         if method != claim.better or b is None:
             continue
         va, vb = value(a, claim.metric), value(b, claim.metric)
         if va is not None and vb is not None:
             diffs.append(va - claim.share * vb)
     return paired(diffs) if diffs else None
+
+
+def _seed_free_cells(rows: list[dict], claim: PaperClaim) -> dict:
+    """Draw -> the one cell of the claim's `worse` row there, when that row is seed-free at the claim's metric."""
+    worse = [r for r in rows if r["method"] == claim.worse]
+    if claim.metric not in SEED_FREE_METRICS or not worse or any(r.get("floor") not in SEED_FREE_FLOORS
+                                                                  for r in worse):
+        return {}
+    by_draw: dict = {}
+    for r in worse:
+        by_draw.setdefault(r.get("draw"), []).append(r)
+    return {draw: cells[0] for draw, cells in by_draw.items() if len(cells) == 1}
