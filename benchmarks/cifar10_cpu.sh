@@ -8,13 +8,18 @@
 # what was stopped. Results land in benchmarks/results/experiments/*; `isd report --readme README.md` and
 # `isd report --readme docs/results.md` then regenerate their tables.
 #   bash benchmarks/cifar10_cpu.sh [DATA]            # everything still missing (DATA default .data/cifar10)
-#   bash benchmarks/cifar10_cpu.sh DATA balanced     # one part: study, balanced, lt, balanced-rest, distill
+#   bash benchmarks/cifar10_cpu.sh DATA balanced     # one part: study, balanced (all of it), lt, distill,
+#                                                    # or balanced-rest (BYOL-asym, ISD+, supervised seeds 1-4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISD=${ISD:-.venv/bin/isd}
 OUT=benchmarks/results/experiments
 data=${1:-.data/cifar10}
 which=${2:-all}
+case $which in
+  all | study | balanced | lt | balanced-rest | distill) ;;
+  *) echo "unknown part '$which': use all, study, balanced, lt, balanced-rest or distill" >&2; exit 2 ;;
+esac
 if [[ ! -d $data/train && ! -d $data/cifar-10-batches-py ]]; then
   echo "no CIFAR-10 in $data: tar -xzf ../shared/data/cifar10/cifar10-jpeg.tar.gz -C $data" >&2
   exit 2
