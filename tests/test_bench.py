@@ -55,6 +55,7 @@ def test_bench_counts_the_steps_flops_and_writes_every_mode(tmp_path, capsys):
     assert 3.5 < row["gflops_per_image"] * 1e9 / (one.get_total_flops() / 2) < 4.5
     printed = capsys.readouterr().out
     assert "compute" in printed and "e2e" in printed and f"wrote {out}" in printed
+    assert "timed for only" in printed and "raise --steps" in printed  # 2 steps on a CPU: not the steady state
     # the committed file becomes a table of `isd report` (and so a checked README block)
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
@@ -196,3 +197,14 @@ def test_report_renders_the_committed_fidelity_result_as_a_table(capsys):
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| 1q") or line.startswith("| 2q")}
     assert set(rows) == {"1q", "2q"}
     assert all(row.rstrip().endswith("| yes |") for row in rows.values())
+
+
+def test_bench_says_nothing_of_short_runs_once_every_mode_ran_a_minute(tmp_path, capsys, monkeypatch):
+    def long_enough(cfg, modes, steps, warmup, table):
+        row = {"mode": "e2e", "images_per_s": 100.0, "seconds": 61.0, "steps": steps, "batch": cfg.batch_size}
+        return {"precision": "fp32", "channels_last": False, "image_size": 32, "pipeline": "workers",
+                "first_step_seconds": 0.1, "rows": [row]}
+
+    monkeypatch.setattr("isd.cli.bench.bench", long_enough)
+    assert main(tiny_bench(tmp_path / "bench.json", "--modes", "e2e", images=16)) == 0
+    assert "timed for only" not in capsys.readouterr().out

@@ -17,6 +17,8 @@ from isd.errors import UsageError
 from isd.experiments.provenance import provenance
 from isd.train.bench import MODES, bench
 
+STEADY_CPU_SECONDS = 60  # shorter timed runs on a CPU read high: 15 steps read ~30% above 100 on a 2-core EPYC
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -125,6 +127,10 @@ def run_bench(args: argparse.Namespace) -> int:
                        f"{prof['kernel_time_over_wall']:.0%} of the time" if "kernels_per_step" in prof else "")
                 print(f"  profile: {prof['wall_ms_per_step']:.1f} ms a step{gpu}; table in {prof['file']}", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    shortest = min((r["seconds"] for result in rows for r in result["rows"]), default=STEADY_CPU_SECONDS)
+    if device.type == "cpu" and shortest < STEADY_CPU_SECONDS:
+        print(f"note: a mode was timed for only {shortest:.1f} s; on a CPU, runs under {STEADY_CPU_SECONDS} s can "
+              f"read well above the steady state (raise --steps, e.g. --steps 100 --warmup 10)")
     if args.out:
         Path(args.out).write_text(json.dumps({**provenance(device), "results": rows}, indent=1))
         print(f"wrote {args.out}")
