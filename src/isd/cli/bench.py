@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--size", nargs="+", type=int, help="image sizes (default: 224 for folders, native otherwise)")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: the recipe's, else 256)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time (default: all)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per mode (default 20)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per mode (default 20; on a CPU, give each mode "
+                   "a minute or more, e.g. --steps 100 --warmup 10: shorter runs read high there)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--synthetic-images", type=int, default=2048, help="images in the synthetic folder (default 2048)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: GPU if visible")
