@@ -24,31 +24,31 @@ if [[ ! -d $data/train && ! -d $data/cifar-10-batches-py ]]; then
   echo "no CIFAR-10 in $data: tar -xzf ../shared/data/cifar10/cifar10-jpeg.tar.gz -C $data" >&2
   exit 2
 fi
-if [[ $which == all || $which == study ]]; then
-  $ISD experiment benchmarks/plans/cifar10-cpu-recipe-study.yaml "$data" --budget cpu --device cpu \
-    --out $OUT/cifar10-cpu-recipe-study-cpu
-fi
-balanced() {  # one --only filter's cells of the balanced grid
-  $ISD experiment cifar10-balanced "$data" --budget cpu --device cpu --out $OUT/cifar10-balanced-cpu --only "$1"
+cells() {  # PLAN FOLDER [isd experiment flags]: the plan's cpu budget into $OUT/FOLDER
+  local plan=$1 folder=$2
+  shift 2
+  $ISD experiment "$plan" "$data" --budget cpu --device cpu --out "$OUT/$folder" "$@"
 }
-if [[ $which == all || $which == balanced ]]; then
+balanced() { cells cifar10-balanced cifar10-balanced-cpu --only "$1"; }  # one --only filter's balanced cells
+wanted() { [[ $which == all ]] || [[ " $* " == *" $which "* ]]; }  # is the part asked for among these names?
+if wanted study; then
+  cells benchmarks/plans/cifar10-cpu-recipe-study.yaml cifar10-cpu-recipe-study-cpu
+fi
+if wanted balanced; then
   # ISD and MoCo-v2 (the paper's main ordering) on every seed first; supervised seed 0 is the distillation
   # cells' teacher; raw pixels run once (their kNN does not depend on the seed)
   balanced seed=0,method=supervised,method=raw-pixels
   for seed in 0 1 2 3 4; do balanced seed=$seed,method=isd,method=moco,method=random-init; done
 fi
-if [[ $which == all || $which == lt ]]; then
-  for draw in 1 2 3 4 5; do
-    $ISD experiment cifar10-lt "$data" --budget cpu --device cpu --only draw=$draw --out $OUT/cifar10-lt-cpu
-  done
+if wanted lt; then
+  for draw in 1 2 3 4 5; do cells cifar10-lt cifar10-lt-cpu --only draw=$draw; done
 fi
-if [[ $which == all || $which == balanced || $which == balanced-rest ]]; then
+if wanted balanced balanced-rest; then
   # the rest of the ordering (BYOL-asym, ISD+), then the supervised ceiling on the other seeds
   for seed in 0 1 2 3 4; do balanced seed=$seed,method=byol,method=isd-plus; done
   for seed in 1 2 3 4; do balanced seed=$seed,method=supervised; done
 fi
-if [[ $which == all || $which == distill ]]; then
-  $ISD experiment benchmarks/plans/cifar10-distill-cpu.yaml "$data" --budget cpu --device cpu \
-    --out $OUT/cifar10-distill-cpu-cpu
+if wanted distill; then
+  cells benchmarks/plans/cifar10-distill-cpu.yaml cifar10-distill-cpu-cpu
 fi
 $ISD report $OUT/cifar10-* 2>/dev/null | tail -40 || true
