@@ -240,6 +240,29 @@ def test_provenance_names_code_machine_and_command(monkeypatch):
     assert provenance(torch.device("cpu"))["commit"] == "abc123"
 
 
+def test_dirty_means_code_not_the_reports_a_running_grid_rewrites(tmp_path, monkeypatch):
+    from isd.experiments import provenance as provenance_module
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "-c", "commit.gpgsign=false", *args], check=True, capture_output=True)
+
+    code, report_file = tmp_path / "src" / "code.py", tmp_path / "benchmarks" / "results" / "plan" / "report.md"
+    for path, text in ((code, "a = 1\n"), (report_file, "n = 3\n")):
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.delenv("ISD_GIT_COMMIT", raising=False)
+    monkeypatch.setattr(provenance_module, "_checkout_root", lambda: tmp_path)
+    assert provenance_module.code_version()["dirty"] is False
+    report_file.write_text("n = 4\n")  # what the runner does after each cell
+    assert provenance_module.code_version()["dirty"] is False
+    code.write_text("a = 2\n")
+    assert provenance_module.code_version()["dirty"] is True
+
+
 def test_a_live_claim_keeps_a_cell_and_a_dead_one_is_taken_over(tmp_path):
     plan = load_plan("fmnist-balanced")
     cell = plan.cells("smoke")[-1]  # raw pixels: no training, but the claim logic is the same

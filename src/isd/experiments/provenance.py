@@ -15,9 +15,17 @@ import torchvision
 
 import isd
 
+# The runner and `isd report` rewrite committed reports and plots here while a grid runs; they are outputs,
+# so changes under it do not make the code that produced a cell "dirty".
+RESULT_FILES = "benchmarks/results"
+
+
+def _checkout_root() -> Path:
+    return Path(isd.__file__).resolve().parents[2]
+
 
 def _git(*args: str) -> str | None:
-    root = Path(isd.__file__).resolve().parents[2]
+    root = _checkout_root()
     try:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
@@ -26,7 +34,7 @@ def _git(*args: str) -> str | None:
 
 
 def code_version() -> dict[str, object]:
-    """The git commit of the package's checkout and whether tracked files differ from it.
+    """The git commit of the package's checkout and whether tracked files other than result files differ from it.
 
     ISD_GIT_COMMIT / ISD_GIT_DIRTY stand in where the code runs from a copy without .git (a remote machine
     that received the working tree of a known commit)."""
@@ -35,7 +43,7 @@ def code_version() -> dict[str, object]:
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULT_FILES}")
     return {"commit": commit, "dirty": bool(status)}
 
 
