@@ -387,6 +387,17 @@ def test_a_budget_grown_over_sessions_is_described_by_its_newest_cells_note():
         assert header("fmnist-balanced", "cpu-seeds", order).startswith("**fmnist-balanced**, budget `cpu-seeds` (5 seeds)")
 
 
+def test_a_grid_spread_over_two_machines_says_so_and_counts_cells_per_machine():
+    rows = load_results([str(ROOT / "benchmarks/results/experiments/fmnist-balanced-cpu-seeds")])
+    one = header("fmnist-balanced", "cpu-seeds", rows)
+    assert "Machine: " in one and "Machines:" not in one and "means over cells" not in one
+    moved = [dict(r, provenance={**r["provenance"], "device": "CPU: Other (AVX512), 2 threads"}) for r in rows[:2]]
+    two = header("fmnist-balanced", "cpu-seeds", [*moved, *rows[2:]])
+    assert "CPU: Other (AVX512), 2 threads (2 cells)" in two
+    assert f"{rows[2]['provenance']['device']} ({len(rows) - 2} cells)" in two
+    assert "Train time and images/s are means over cells of these machines" in two
+
+
 def test_a_resumed_cells_train_time_counts_from_its_first_start():
     # the resumed process ran 40 s; the kNN curve's clock, carried in the checkpoint's folder, says 300 s in all
     resumed = {"seconds": 40.0, "history": [{"epoch": 1, "seconds": 150.0}, {"epoch": 2, "seconds": 300.0}]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from isd.errors import UsageError
@@ -191,7 +191,7 @@ def _scaled(claim: PaperClaim) -> str:
 
 def header(plan: str, budget: str, rows: list[dict]) -> str:
     about = newest(rows).get("budget_about", "")
-    devices = sorted({r["provenance"]["device"] for r in rows})
+    devices = Counter(r["provenance"]["device"] for r in rows)
     torches = sorted({r["provenance"]["torch"] for r in rows})
     commits = sorted({(r["provenance"]["commit"] or "unknown")[:10] + ("+dirty" if r["provenance"]["dirty"] else "")
                       for r in rows})
@@ -202,8 +202,14 @@ def header(plan: str, budget: str, rows: list[dict]) -> str:
         sharing = f" Train time and images/s are per cell, with up to {shared} cells sharing the device."
     else:
         sharing = f" Wall time of these {len(rows)} cells, one after another: {grid_minutes(rows):.0f} min."
+    if len(devices) == 1:
+        machine = f"Machine: {next(iter(devices))}"
+    else:  # a grid spread over sessions may land on different CPUs: its times are then not one machine's
+        machine = "Machines: " + "; ".join(f"{d} ({n} cells)" for d, n in sorted(devices.items()))
+        sharing += (" Train time and images/s are means over cells of these machines: compare times within one "
+                    "machine (each cell's result.json names its own).")
     return (f"**{plan}**, budget `{budget}`" + (f" ({about})" if about else "") + f": {cfg['arch']}, "
-            f"{cfg['dataset']}; accuracy in % on {queries}. Machine: {'; '.join(devices)}; torch "
+            f"{cfg['dataset']}; accuracy in % on {queries}. {machine}; torch "
             f"{', '.join(torches)}; commit {', '.join(commits)}.{sharing}")
 
 
